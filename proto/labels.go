@@ -1,0 +1,121 @@
+package censuspb
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/prometheus/prometheus/model/labels"
+)
+
+// ErrInvalidLabels is wrapped by every error ToLabels returns, so servers can
+// map it to InvalidArgument with errors.Is.
+var ErrInvalidLabels = errors.New("invalid labels")
+
+// ToLabels converts wire labels into a labels.Labels, building it in b. It
+// rejects a set that Prometheus would not store: no labels, an empty or
+// non-UTF-8 name, a non-UTF-8 value, names out of order or repeated. The
+// error names the series, so the sender can find it.
+func ToLabels(b *labels.ScratchBuilder, pairs []*LabelPair) (labels.Labels, error) {
+	if len(pairs) == 0 {
+		return labels.EmptyLabels(), fmt.Errorf("%w: series has no labels", ErrInvalidLabels)
+	}
+	b.Reset()
+	for i, p := range pairs {
+		switch {
+		case p.GetName() == "":
+			return labels.EmptyLabels(), invalidSeries(pairs, "empty label name")
+		case !utf8.ValidString(p.GetName()):
+			return labels.EmptyLabels(), invalidSeries(pairs, fmt.Sprintf("label name %q is not valid UTF-8", p.GetName()))
+		case !utf8.ValidString(p.GetValue()):
+			return labels.EmptyLabels(), invalidSeries(pairs, fmt.Sprintf("value of label %q is not valid UTF-8", p.GetName()))
+		case i > 0 && p.GetName() == pairs[i-1].GetName():
+			return labels.EmptyLabels(), invalidSeries(pairs, fmt.Sprintf("duplicate label name %q", p.GetName()))
+		case i > 0 && p.GetName() < pairs[i-1].GetName():
+			return labels.EmptyLabels(), invalidSeries(pairs, fmt.Sprintf("label names not sorted: %q after %q", p.GetName(), pairs[i-1].GetName()))
+		}
+		b.Add(p.GetName(), p.GetValue())
+	}
+	return b.Labels(), nil
+}
+
+func invalidSeries(pairs []*LabelPair, reason string) error {
+	return fmt.Errorf("%w: %s in series %s", ErrInvalidLabels, reason, FormatLabelPairs(pairs))
+}
+
+// FormatLabelPairs renders wire labels as {name="value", ...}, quoting
+// invalid bytes, for error messages.
+func FormatLabelPairs(pairs []*LabelPair) string {
+	var sb strings.Builder
+	sb.WriteByte('{')
+	for i, p := range pairs {
+		if i > 0 {
+			sb.WriteString(", ")
+		}
+		sb.WriteString(strconv.Quote(p.GetName()))
+		sb.WriteByte('=')
+		sb.WriteString(strconv.Quote(p.GetValue()))
+	}
+	sb.WriteByte('}')
+	return sb.String()
+}
+
+// FromLabels appends ls to dst as wire labels and returns the extended slice.
+// The pairs share ls's strings.
+func FromLabels(dst []*LabelPair, ls labels.Labels) []*LabelPair {
+	ls.Range(func(l labels.Label) {
+		dst = append(dst, &LabelPair{Name: l.Name, Value: l.Value})
+	})
+	return dst
+}
+
+// ToMatchers converts wire matchers into Prometheus matchers; a regular
+// expression that does not compile is an error.
+func ToMatchers(ms []*LabelMatcher) ([]*labels.Matcher, error) {
+	out := make([]*labels.Matcher, 0, len(ms))
+	for _, m := range ms {
+		var t labels.MatchType
+		switch m.GetType() {
+		case LabelMatcher_EQ:
+			t = labels.MatchEqual
+		case LabelMatcher_NEQ:
+			t = labels.MatchNotEqual
+		case LabelMatcher_RE:
+			t = labels.MatchRegexp
+		case LabelMatcher_NRE:
+			t = labels.MatchNotRegexp
+		default:
+			return nil, fmt.Errorf("unknown matcher type %d for label %q", m.GetType(), m.GetName())
+		}
+		lm, err := labels.NewMatcher(t, m.GetName(), m.GetValue())
+		if err != nil {
+			return nil, fmt.Errorf("matcher %s: %w", m.GetName(), err)
+		}
+		out = append(out, lm)
+	}
+	return out, nil
+}
+
+// FromMatchers converts Prometheus matchers into wire matchers.
+func FromMatchers(ms []*labels.Matcher) []*LabelMatcher {
+	out := make([]*LabelMatcher, 0, len(ms))
+	for _, m := range ms {
+		var t LabelMatcher_Type
+		switch m.Type {
+		case labels.MatchEqual:
+			t = LabelMatcher_EQ
+		case labels.MatchNotEqual:
+			t = LabelMatcher_NEQ
+		case labels.MatchRegexp:
+			t = LabelMatcher_RE
+		case labels.MatchNotRegexp:
+			t = LabelMatcher_NRE
+		default:
+			panic(fmt.Sprintf("BUG: unknown Prometheus matcher type %d", m.Type))
+		}
+		out = append(out, &LabelMatcher{Type: t, Name: m.Name, Value: m.Value})
+	}
+	return out
+}
