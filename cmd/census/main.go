@@ -1,0 +1,400 @@
+// Command census runs Census: each role (agent, ingester, querier) as its
+// own process, or every role in one process with `census all`.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/oklog/run"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors/version"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/prometheus/prometheus/config"
+	"google.golang.org/grpc"
+
+	"github.com/census-metrics/census/agent"
+	"github.com/census-metrics/census/distributor"
+	"github.com/census-metrics/census/ingester"
+	censuspb "github.com/census-metrics/census/proto"
+	"github.com/census-metrics/census/querier"
+	"github.com/census-metrics/census/ring"
+)
+
+const usage = `Census is a horizontally sharded, Prometheus-compatible metrics system.
+
+Usage: census <role> [flags]
+
+Roles:
+  agent      scrape targets and push each series to its ingesters
+  ingester   store series in a Prometheus TSDB, serve them over gRPC
+  querier    serve the Prometheus HTTP API over every ingester
+  all        every role in one process, scraping itself and a demo service
+
+Run 'census <role> -h' for the role's flags.
+`
+
+func main() {
+	os.Exit(runMain(os.Args[1:], os.Stderr))
+}
+
+// runMain runs the role named by args[0] until SIGINT or SIGTERM and returns
+// the process exit code.
+func runMain(args []string, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	opts, err := parseFlags(args[0], args[1:], stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 2
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "census: %v\n", err)
+		return 2
+	}
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: &opts.logLevel}))
+	if err := start(opts, logger); err != nil {
+		logger.Error("Census stopped with an error", "err", err)
+		return 1
+	}
+	return 0
+}
+
+// role says which components a subcommand runs.
+type role struct {
+	ingester, agent, querier bool
+}
+
+var roles = map[string]role{
+	"agent":    {agent: true},
+	"ingester": {ingester: true},
+	"querier":  {querier: true},
+	"all":      {ingester: true, agent: true, querier: true},
+}
+
+// options is every flag of every role; a role registers only its own, so
+// an unknown flag is an error rather than silently ignored.
+type options struct {
+	name        string
+	role        role
+	httpAddr    string
+	grpcAddr    string
+	logLevel    slog.LevelVar
+	ring        ring.Config
+	ingester    ingester.Config
+	distributor distributor.Config
+	agent       agent.Config
+	querier     querier.Config
+}
+
+func parseFlags(name string, args []string, stderr io.Writer) (*options, error) {
+	r, ok := roles[name]
+	if !ok {
+		return nil, fmt.Errorf("unknown role %q; want one of agent, ingester, querier, all", name)
+	}
+	o := &options{name: name, role: r}
+	fs := flag.NewFlagSet("census "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+
+	httpDefault := ":8080"
+	if r.querier {
+		httpDefault = ":9009"
+	}
+	fs.StringVar(&o.httpAddr, "http.listen-address", httpDefault, "HTTP address: /metrics, /ready, /ring and the role's API.")
+	fs.TextVar(&o.logLevel, "log.level", &o.logLevel, "Log level: DEBUG, INFO, WARN or ERROR.")
+	o.ring.RegisterFlags(fs)
+	if r.ingester {
+		fs.StringVar(&o.grpcAddr, "grpc.listen-address", ":9095", "gRPC address the ingester serves pushes and queries on.")
+		o.ingester.RegisterFlags(fs)
+	}
+	if r.agent {
+		o.agent.RegisterFlags(fs)
+		o.distributor.RegisterFlags(fs)
+	}
+	if r.querier {
+		o.querier.RegisterFlags(fs)
+	}
+	if name == "all" {
+		// One process holds the only ingester: one copy is all there is.
+		rf := fs.Lookup("ring.replication-factor")
+		rf.DefValue = "1"
+		if err := rf.Value.Set("1"); err != nil {
+			return nil, err
+		}
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	}
+	if err := o.ring.Validate(); err != nil {
+		return nil, err
+	}
+	if r.ingester {
+		if err := o.ingester.Validate(); err != nil {
+			return nil, err
+		}
+	}
+	if r.agent {
+		if name == "agent" && o.agent.ConfigFile == "" {
+			return nil, errors.New("the agent needs --config.file")
+		}
+		if err := o.distributor.Validate(); err != nil {
+			return nil, err
+		}
+	}
+	if r.querier {
+		if err := o.querier.Validate(); err != nil {
+			return nil, err
+		}
+	}
+	return o, nil
+}
+
+// readiness collects the Ready functions /ready reports on.
+type readiness []struct {
+	name  string
+	ready func() error
+}
+
+func (rs *readiness) add(name string, ready func() error) {
+	*rs = append(*rs, struct {
+		name  string
+		ready func() error
+	}{name, ready})
+}
+
+// ServeHTTP answers 200 when every component is ready, else 503 with why.
+func (rs readiness) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
+	var not []string
+	for _, r := range rs {
+		if err := r.ready(); err != nil {
+			not = append(not, fmt.Sprintf("%s: %v", r.name, err))
+		}
+	}
+	if len(not) > 0 {
+		http.Error(w, "not ready: "+strings.Join(not, "; "), http.StatusServiceUnavailable)
+		return
+	}
+	_, _ = w.Write([]byte("ready\n"))
+}
+
+// start wires the role's components into one run.Group and runs it until
+// a signal or a component's failure.
+func start(o *options, logger *slog.Logger) error {
+	// The Prometheus packages register their metrics on the default
+	// registry, so every Census metric goes there too.
+	reg := prometheus.DefaultRegisterer
+	reg.MustRegister(version.NewCollector("census"))
+
+	var g run.Group
+	g.Add(run.SignalHandler(context.Background(), os.Interrupt, syscall.SIGTERM))
+	var ready readiness
+	mux := http.NewServeMux()
+
+	httpLn, err := net.Listen("tcp", o.httpAddr)
+	if err != nil {
+		return fmt.Errorf("listen for HTTP: %w", err)
+	}
+	defer httpLn.Close()
+
+	// Ingester: the TSDB opens (and replays its WAL) before anything is
+	// served, and closes after every other component stopped.
+	var instanceAddr, grpcAddr string
+	if o.role.ingester {
+		grpcLn, err := net.Listen("tcp", o.grpcAddr)
+		if err != nil {
+			return fmt.Errorf("listen for gRPC: %w", err)
+		}
+		defer grpcLn.Close()
+		grpcAddr = grpcLn.Addr().String()
+		instanceAddr = advertiseAddr(grpcLn.Addr())
+
+		ing, err := ingester.New(o.ingester, logger.With("component", "ingester"), reg)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			if err := ing.Close(); err != nil {
+				logger.Error("Closing the TSDB failed", "err", err)
+			}
+		}()
+		ready.add("ingester", ing.Ready)
+		srv := grpc.NewServer(grpc.MaxRecvMsgSize(censuspb.MaxMessageSize), grpc.MaxSendMsgSize(censuspb.MaxMessageSize))
+		censuspb.RegisterIngesterServer(srv, ing)
+		g.Add(func() error {
+			return srv.Serve(grpcLn)
+		}, func(error) {
+			stopGRPC(srv, 10*time.Second)
+		})
+	}
+
+	// Ring: every role is a member; an ingester also owns tokens. On stop
+	// an ingester leaves the ring (LEAVING, then LEFT) before its TSDB
+	// closes.
+	r, err := ring.New(o.ring, instanceAddr, logger.With("component", "ring"), reg)
+	if err != nil {
+		return err
+	}
+	ready.add("ring", r.Ready)
+	mux.Handle("/ring", r)
+	ringCtx, stopRing := context.WithCancel(context.Background())
+	g.Add(func() error {
+		return r.Run(ringCtx)
+	}, func(error) {
+		stopRing()
+	})
+
+	clients := censuspb.NewClientPool()
+	defer clients.Close()
+
+	// Agent: scrapes and appends through the distributor.
+	if o.role.agent {
+		dist, err := distributor.New(o.distributor, r, clients, logger.With("component", "distributor"), reg)
+		if err != nil {
+			return err
+		}
+		scrapeCfg, err := loadScrapeConfig(o, httpLn.Addr(), &g, logger)
+		if err != nil {
+			return err
+		}
+		a, err := agent.New(scrapeCfg, dist, logger.With("component", "agent"), reg)
+		if err != nil {
+			return err
+		}
+		ready.add("agent", a.Ready)
+		agentCtx, stopAgent := context.WithCancel(context.Background())
+		g.Add(func() error {
+			return a.Run(agentCtx)
+		}, func(error) {
+			stopAgent()
+		})
+	}
+
+	// Querier: the Prometheus HTTP API over every ingester.
+	if o.role.querier {
+		q := querier.NewQueryable(r, clients, logger.With("component", "querier"), reg)
+		api, err := querier.NewAPI(o.querier, q, logger.With("component", "querier"), reg)
+		if err != nil {
+			return err
+		}
+		mux.Handle("/api/v1/", api)
+	}
+
+	// HTTP: self-metrics, readiness, ring status and the role's API.
+	mux.Handle("/metrics", promhttp.HandlerFor(prometheus.DefaultGatherer, promhttp.HandlerOpts{EnableOpenMetrics: true}))
+	mux.Handle("/ready", ready)
+	httpSrv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	g.Add(func() error {
+		if err := httpSrv.Serve(httpLn); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	}, func(error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = httpSrv.Shutdown(ctx)
+	})
+
+	logger.Info("Census started", "role", o.name, "http", httpLn.Addr().String(), "grpc", grpcAddr, "gossip", r.GossipAddr())
+	if o.name == "all" {
+		logger.Info("Query Census at " + "http://" + localURLHost(httpLn.Addr()) + "/api/v1/query?query=up")
+	}
+	err = g.Run()
+	var sig run.SignalError
+	if errors.As(err, &sig) {
+		logger.Info("Census stopped", "signal", sig.Signal.String())
+		return nil
+	}
+	return err
+}
+
+// loadScrapeConfig reads --config.file or, for `census all` without one,
+// builds the demo configuration: Census scrapes itself and the demo
+// service, which it adds to g.
+func loadScrapeConfig(o *options, self net.Addr, g *run.Group, logger *slog.Logger) (*config.Config, error) {
+	if o.agent.ConfigFile != "" {
+		return agent.LoadScrapeConfig(o.agent.ConfigFile, logger)
+	}
+	demoLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("listen for the demo service: %w", err)
+	}
+	demo := newDemoService(demoLn, logger.With("component", "demo"))
+	demoCtx, stopDemo := context.WithCancel(context.Background())
+	g.Add(func() error {
+		return demo.Run(demoCtx)
+	}, func(error) {
+		stopDemo()
+	})
+	return agent.ParseScrapeConfig(fmt.Sprintf(demoScrapeConfig, localURLHost(self), demoLn.Addr().String()), logger)
+}
+
+// demoScrapeConfig is what `census all` scrapes without --config.file.
+const demoScrapeConfig = `
+global:
+  scrape_interval: 5s
+  scrape_timeout: 5s
+scrape_configs:
+  - job_name: census
+    static_configs:
+      - targets: [%q]
+  - job_name: demo
+    static_configs:
+      - targets: [%q]
+`
+
+// stopGRPC drains in-flight calls, forcing the stop after timeout.
+func stopGRPC(srv *grpc.Server, timeout time.Duration) {
+	done := make(chan struct{})
+	go func() {
+		srv.GracefulStop()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(timeout):
+		srv.Stop()
+		<-done
+	}
+}
+
+// advertiseAddr is the address other components dial for a listener: its
+// own when bound to one IP, else this host's first non-loopback address.
+func advertiseAddr(a net.Addr) string {
+	tcp := a.(*net.TCPAddr)
+	if !tcp.IP.IsUnspecified() {
+		return tcp.String()
+	}
+	addrs, err := net.InterfaceAddrs()
+	if err == nil {
+		for _, addr := range addrs {
+			if ipn, ok := addr.(*net.IPNet); ok && !ipn.IP.IsLoopback() && ipn.IP.To4() != nil {
+				return net.JoinHostPort(ipn.IP.String(), fmt.Sprint(tcp.Port))
+			}
+		}
+	}
+	return net.JoinHostPort("127.0.0.1", fmt.Sprint(tcp.Port))
+}
+
+// localURLHost is host:port for reaching a local listener from this
+// machine: localhost when it is bound to every address.
+func localURLHost(a net.Addr) string {
+	tcp := a.(*net.TCPAddr)
+	if tcp.IP.IsUnspecified() {
+		return net.JoinHostPort("localhost", fmt.Sprint(tcp.Port))
+	}
+	return tcp.String()
+}

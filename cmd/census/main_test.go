@@ -1,0 +1,13 @@
+package main
+
+import (
+	"os"
+	"testing"
+)
+
+func TestMain(m *testing.M) {
+	if os.Getenv(childEnv) == "1" {
+		os.Exit(runMain(os.Args[1:], os.Stderr))
+	}
+	os.Exit(m.Run())
+}

@@ -1,0 +1,268 @@
+package distributor_test
+
+import (
+	"context"
+	"net"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/prometheus/prometheus/model/histogram"
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/storage"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/census-metrics/census/distributor"
+	censuspb "github.com/census-metrics/census/proto"
+	"github.com/census-metrics/census/ring"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// fakeIngester records what it is pushed, or fails with err.
+type fakeIngester struct {
+	censuspb.UnimplementedIngesterServer
+	id string
+
+	mtx    sync.Mutex // Guards the fields below.
+	err    error
+	pushed map[string][]float64 // series (as text) -> values, in push order
+}
+
+func (f *fakeIngester) Push(_ context.Context, req *censuspb.PushRequest) (*censuspb.PushResponse, error) {
+	f.mtx.Lock()
+	defer f.mtx.Unlock()
+	if f.err != nil {
+		return nil, f.err
+	}
+	for _, ts := range req.Series {
+		key := censuspb.FormatLabelPairs(ts.Labels)
+		for _, s := range ts.Samples {
+			f.pushed[key] = append(f.pushed[key], s.Value)
+		}
+	}
+	return &censuspb.PushResponse{}, nil
+}
+
+func (f *fakeIngester) setErr(err error) {
+	f.mtx.Lock()
+	defer f.mtx.Unlock()
+	f.err = err
+}
+
+func (f *fakeIngester) values(ls labels.Labels) []float64 {
+	f.mtx.Lock()
+	defer f.mtx.Unlock()
+	return f.pushed[censuspb.FormatLabelPairs(censuspb.FromLabels(nil, ls))]
+}
+
+// cluster starts n fake ingesters on loopback and a distributor over them.
+func cluster(t *testing.T, n, rf int) (*distributor.Distributor, []*fakeIngester, *prometheus.Registry) {
+	t.Helper()
+	fr := &distributor.FakeRing{RF: rf}
+	var fakes []*fakeIngester
+	for i := range n {
+		f := &fakeIngester{id: string(rune('a' + i)), pushed: map[string][]float64{}}
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		srv := grpc.NewServer()
+		censuspb.RegisterIngesterServer(srv, f)
+		go func() { _ = srv.Serve(ln) }()
+		t.Cleanup(srv.Stop)
+		fakes = append(fakes, f)
+		fr.Instances = append(fr.Instances, ring.InstanceDesc{ID: "ingester-" + f.id, Addr: ln.Addr().String(), State: ring.ACTIVE})
+	}
+	clients := censuspb.NewClientPool()
+	t.Cleanup(func() { _ = clients.Close() })
+	reg := prometheus.NewPedanticRegistry()
+	d, err := distributor.New(distributor.Config{PushTimeout: 5 * time.Second}, fr, clients, nil, reg)
+	require.NoError(t, err)
+	return d, fakes, reg
+}
+
+// replicaIndexes returns which fake ingesters own ls under FakeRing.
+func replicaIndexes(ls labels.Labels, n, rf int) []int {
+	first := (&distributor.FakeRing{Instances: make([]ring.InstanceDesc, n)}).First(distributor.Token(distributor.SeriesHash(ls)))
+	var out []int
+	for k := range min(rf, n) {
+		out = append(out, (first+k)%n)
+	}
+	sort.Ints(out)
+	return out
+}
+
+func testSeries(n int) []labels.Labels {
+	out := make([]labels.Labels, n)
+	for i := range out {
+		out[i] = labels.FromStrings("__name__", "requests_total", "instance", "host-"+string(rune('A'+i%26))+string(rune('a'+i/26)), "job", "api")
+	}
+	return out
+}
+
+func TestAppender_ShardsEverySeriesToItsReplicas(t *testing.T) {
+	const n, rf = 5, 3
+	d, fakes, reg := cluster(t, n, rf)
+	series := testSeries(50)
+
+	app := d.AppenderV2(context.Background())
+	refs := make([]storage.SeriesRef, len(series))
+	for i, ls := range series {
+		ref, err := app.Append(0, ls, 0, 1000, float64(i), nil, nil, storage.AOptions{})
+		require.NoError(t, err)
+		require.Equal(t, storage.SeriesRef(distributor.SeriesHash(ls)), ref, "the ref is the series hash")
+		refs[i] = ref
+		// A second sample of the same series joins the first.
+		_, err = app.Append(ref, ls, 0, 2000, float64(i)+0.5, nil, nil, storage.AOptions{})
+		require.NoError(t, err)
+	}
+	require.NoError(t, app.Commit())
+
+	for i, ls := range series {
+		owners := replicaIndexes(ls, n, rf)
+		for j, f := range fakes {
+			if slicesContains(owners, j) {
+				require.Equal(t, []float64{float64(i), float64(i) + 0.5}, f.values(ls), "series %s on owner %d", ls, j)
+			} else {
+				require.Empty(t, f.values(ls), "series %s on non-owner %d", ls, j)
+			}
+		}
+	}
+	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(`
+# HELP census_distributor_received_samples_total Samples appended to the distributor, before replication.
+# TYPE census_distributor_received_samples_total counter
+census_distributor_received_samples_total 100
+# HELP census_distributor_commits_total Commits of appended samples by result: success, invalid (some input refused by ingesters), no_quorum, rejected (refused before sending).
+# TYPE census_distributor_commits_total counter
+census_distributor_commits_total{result="success"} 1
+`), "census_distributor_received_samples_total", "census_distributor_commits_total"))
+}
+
+func slicesContains(s []int, v int) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+func TestAppender_CachedRefSkipsHashing(t *testing.T) {
+	const n, rf = 4, 1
+	d, fakes, _ := cluster(t, n, rf)
+	a, b := labels.FromStrings("__name__", "a"), labels.FromStrings("__name__", "b")
+	require.NotEqual(t, replicaIndexes(a, n, rf), replicaIndexes(b, n, rf), "test needs series on different ingesters")
+
+	// The scrape loop hands back the ref of a's first append: routing then
+	// follows the ref without looking at the labels again.
+	app := d.AppenderV2(context.Background())
+	_, err := app.Append(storage.SeriesRef(distributor.SeriesHash(a)), b, 0, 1000, 7, nil, nil, storage.AOptions{})
+	require.NoError(t, err)
+	require.NoError(t, app.Commit())
+	require.Equal(t, []float64{7}, fakes[replicaIndexes(a, n, rf)[0]].values(b))
+	require.Empty(t, fakes[replicaIndexes(b, n, rf)[0]].values(b))
+}
+
+func TestAppender_Quorum(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		failing []int
+		wantErr bool
+	}{
+		{name: "all replicas up", failing: nil},
+		{name: "one of three down", failing: []int{1}},
+		{name: "two of three down", failing: []int{0, 2}, wantErr: true},
+		{name: "all down", failing: []int{0, 1, 2}, wantErr: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d, fakes, _ := cluster(t, 3, 3)
+			for _, i := range tc.failing {
+				fakes[i].setErr(status.Error(codes.Unavailable, "disk on fire"))
+			}
+			app := d.AppenderV2(context.Background())
+			for _, ls := range testSeries(10) {
+				_, err := app.Append(0, ls, 0, 1000, 1, nil, nil, storage.AOptions{})
+				require.NoError(t, err)
+			}
+			err := app.Commit()
+			if !tc.wantErr {
+				require.NoError(t, err)
+				return
+			}
+			require.ErrorIs(t, err, distributor.ErrNoQuorum)
+			require.ErrorContains(t, err, "10 series stored on fewer than 2 replicas")
+			for _, i := range tc.failing {
+				require.ErrorContains(t, err, "ingester-"+fakes[i].id)
+				require.ErrorContains(t, err, "disk on fire")
+			}
+		})
+	}
+}
+
+func TestAppender_InvalidArgumentCountsAsAcknowledged(t *testing.T) {
+	d, fakes, _ := cluster(t, 3, 3)
+	fakes[0].setErr(status.Error(codes.InvalidArgument, "out of order sample"))
+	app := d.AppenderV2(context.Background())
+	_, err := app.Append(0, labels.FromStrings("__name__", "x"), 0, 1000, 1, nil, nil, storage.AOptions{})
+	require.NoError(t, err)
+	err = app.Commit()
+	require.ErrorIs(t, err, distributor.ErrInvalidSeries)
+	require.NotErrorIs(t, err, distributor.ErrNoQuorum)
+	require.ErrorContains(t, err, "out of order sample")
+}
+
+func TestAppender_RejectsBadInputAtAppend(t *testing.T) {
+	d, fakes, _ := cluster(t, 1, 1)
+	for _, tc := range []struct {
+		name string
+		ls   labels.Labels
+		h    *histogram.Histogram
+		want string
+	}{
+		{name: "no labels", ls: labels.EmptyLabels(), want: "series has no labels"},
+		{name: "invalid UTF-8 value", ls: labels.FromStrings("__name__", "x", "path", "\xff"), want: "non-UTF-8"},
+		{name: "empty label name", ls: labels.FromStrings("__name__", "x", "", "v"), want: "empty or non-UTF-8"},
+		{name: "native histogram", ls: labels.FromStrings("__name__", "h"), h: &histogram.Histogram{Count: 1}, want: "native histogram samples are not supported yet"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			app := d.AppenderV2(context.Background())
+			_, err := app.Append(0, tc.ls, 0, 1000, 1, tc.h, nil, storage.AOptions{})
+			require.ErrorIs(t, err, distributor.ErrInvalidSeries)
+			require.ErrorContains(t, err, tc.want)
+			// The good series of the same transaction still goes through.
+			good := labels.FromStrings("__name__", "good")
+			_, err = app.Append(0, good, 0, 1000, 1, nil, nil, storage.AOptions{})
+			require.NoError(t, err)
+			require.NoError(t, app.Commit())
+		})
+	}
+	require.Len(t, fakes[0].values(labels.FromStrings("__name__", "good")), 4)
+}
+
+func TestAppender_EmptyRingFails(t *testing.T) {
+	d, _, _ := cluster(t, 0, 3)
+	app := d.AppenderV2(context.Background())
+	_, err := app.Append(0, labels.FromStrings("__name__", "x"), 0, 1000, 1, nil, nil, storage.AOptions{})
+	require.NoError(t, err)
+	err = app.Commit()
+	require.ErrorIs(t, err, distributor.ErrNoQuorum)
+	require.ErrorIs(t, err, ring.ErrEmptyRing)
+}
+
+func TestAppender_RollbackSendsNothing(t *testing.T) {
+	d, fakes, _ := cluster(t, 1, 1)
+	app := d.AppenderV2(context.Background())
+	_, err := app.Append(0, labels.FromStrings("__name__", "x"), 0, 1000, 1, nil, nil, storage.AOptions{})
+	require.NoError(t, err)
+	require.NoError(t, app.Rollback())
+	require.Empty(t, fakes[0].values(labels.FromStrings("__name__", "x")))
+}
