@@ -132,11 +132,14 @@ func (Chunk_Encoding) EnumDescriptor() ([]byte, []int) {
 	return file_census_proto_rawDescGZIP(), []int{7, 0}
 }
 
-// LabelPair is one label of a series.
+// LabelPair is one label of a series. Name and value are UTF-8 text carried
+// as bytes: protobuf would refuse a non-UTF-8 string while decoding, with an
+// error that names no series, so the ingester validates them itself and
+// answers InvalidArgument naming the offending series.
 type LabelPair struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Value         string                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	Name          []byte                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Value         []byte                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -171,18 +174,18 @@ func (*LabelPair) Descriptor() ([]byte, []int) {
 	return file_census_proto_rawDescGZIP(), []int{0}
 }
 
-func (x *LabelPair) GetName() string {
+func (x *LabelPair) GetName() []byte {
 	if x != nil {
 		return x.Name
 	}
-	return ""
+	return nil
 }
 
-func (x *LabelPair) GetValue() string {
+func (x *LabelPair) GetValue() []byte {
 	if x != nil {
 		return x.Value
 	}
-	return ""
+	return nil
 }
 
 // Sample is one float sample.
@@ -1062,8 +1065,8 @@ const file_census_proto_rawDesc = "" +
 	"\n" +
 	"\fcensus.proto\x12\tcensus.v1\"5\n" +
 	"\tLabelPair\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value\"A\n" +
+	"\x04name\x18\x01 \x01(\fR\x04name\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value\"A\n" +
 	"\x06Sample\x12!\n" +
 	"\ftimestamp_ms\x18\x01 \x01(\x03R\vtimestampMs\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x01R\x05value\"\x9a\x01\n" +

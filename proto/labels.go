@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"unicode/utf8"
+	"unsafe"
 
 	"github.com/prometheus/prometheus/model/labels"
 )
@@ -23,20 +24,25 @@ func ToLabels(b *labels.ScratchBuilder, pairs []*LabelPair) (labels.Labels, erro
 		return labels.EmptyLabels(), fmt.Errorf("%w: series has no labels", ErrInvalidLabels)
 	}
 	b.Reset()
+	prev := ""
 	for i, p := range pairs {
+		// The strings view the message's bytes: Labels copies them out,
+		// and nothing writes to a decoded message.
+		name, value := yoloString(p.GetName()), yoloString(p.GetValue())
 		switch {
-		case p.GetName() == "":
+		case name == "":
 			return labels.EmptyLabels(), invalidSeries(pairs, "empty label name")
-		case !utf8.ValidString(p.GetName()):
-			return labels.EmptyLabels(), invalidSeries(pairs, fmt.Sprintf("label name %q is not valid UTF-8", p.GetName()))
-		case !utf8.ValidString(p.GetValue()):
-			return labels.EmptyLabels(), invalidSeries(pairs, fmt.Sprintf("value of label %q is not valid UTF-8", p.GetName()))
-		case i > 0 && p.GetName() == pairs[i-1].GetName():
-			return labels.EmptyLabels(), invalidSeries(pairs, fmt.Sprintf("duplicate label name %q", p.GetName()))
-		case i > 0 && p.GetName() < pairs[i-1].GetName():
-			return labels.EmptyLabels(), invalidSeries(pairs, fmt.Sprintf("label names not sorted: %q after %q", p.GetName(), pairs[i-1].GetName()))
+		case !utf8.ValidString(name):
+			return labels.EmptyLabels(), invalidSeries(pairs, fmt.Sprintf("label name %q is not valid UTF-8", name))
+		case !utf8.ValidString(value):
+			return labels.EmptyLabels(), invalidSeries(pairs, fmt.Sprintf("value of label %q is not valid UTF-8", name))
+		case i > 0 && name == prev:
+			return labels.EmptyLabels(), invalidSeries(pairs, fmt.Sprintf("duplicate label name %q", name))
+		case i > 0 && name < prev:
+			return labels.EmptyLabels(), invalidSeries(pairs, fmt.Sprintf("label names not sorted: %q after %q", name, prev))
 		}
-		b.Add(p.GetName(), p.GetValue())
+		b.Add(name, value)
+		prev = name
 	}
 	return b.Labels(), nil
 }
@@ -54,21 +60,33 @@ func FormatLabelPairs(pairs []*LabelPair) string {
 		if i > 0 {
 			sb.WriteString(", ")
 		}
-		sb.WriteString(strconv.Quote(p.GetName()))
+		sb.WriteString(strconv.Quote(string(p.GetName())))
 		sb.WriteByte('=')
-		sb.WriteString(strconv.Quote(p.GetValue()))
+		sb.WriteString(strconv.Quote(string(p.GetValue())))
 	}
 	sb.WriteByte('}')
 	return sb.String()
 }
 
 // FromLabels appends ls to dst as wire labels and returns the extended slice.
-// The pairs share ls's strings.
+// The pairs view ls's strings without copying them: they are for marshalling
+// and reading only, and must never be written to.
 func FromLabels(dst []*LabelPair, ls labels.Labels) []*LabelPair {
 	ls.Range(func(l labels.Label) {
-		dst = append(dst, &LabelPair{Name: l.Name, Value: l.Value})
+		dst = append(dst, &LabelPair{Name: yoloBytes(l.Name), Value: yoloBytes(l.Value)})
 	})
 	return dst
+}
+
+// yoloString views b as a string without copying; b must not change while
+// the string is in use.
+func yoloString(b []byte) string {
+	return unsafe.String(unsafe.SliceData(b), len(b))
+}
+
+// yoloBytes views s as bytes without copying; the bytes must not be written.
+func yoloBytes(s string) []byte {
+	return unsafe.Slice(unsafe.StringData(s), len(s))
 }
 
 // ToMatchers converts wire matchers into Prometheus matchers; a regular

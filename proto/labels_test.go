@@ -10,7 +10,7 @@ import (
 func pairs(kv ...string) []*LabelPair {
 	out := make([]*LabelPair, 0, len(kv)/2)
 	for i := 0; i < len(kv); i += 2 {
-		out = append(out, &LabelPair{Name: kv[i], Value: kv[i+1]})
+		out = append(out, &LabelPair{Name: []byte(kv[i]), Value: []byte(kv[i+1])})
 	}
 	return out
 }

@@ -83,24 +83,43 @@ type queryData struct {
 	Result     json.RawMessage `json:"result"`
 }
 
-// instantValues runs an instant query at ts and returns value by label.
-func instantValues(t *testing.T, q *process, expr, byLabel string, ts int64) (map[string]float64, []string) {
-	t.Helper()
+// queryInstant runs an instant query at ts and returns value by label.
+func queryInstant(q *process, expr, byLabel string, ts int64) (map[string]float64, []string, error) {
 	code, resp, err := q.apiGet("/api/v1/query", url.Values{"query": {expr}, "time": {fmt.Sprintf("%.3f", float64(ts)/1000)}})
-	require.NoError(t, err)
-	require.Equal(t, http.StatusOK, code, "%+v", resp)
+	if err != nil {
+		return nil, nil, err
+	}
+	if code != http.StatusOK {
+		return nil, nil, fmt.Errorf("query %s: HTTP %d: %s: %s", expr, code, resp.ErrorType, resp.Error)
+	}
 	var d queryData
-	require.NoError(t, json.Unmarshal(resp.Data, &d))
-	require.Equal(t, "vector", d.ResultType)
+	if err := json.Unmarshal(resp.Data, &d); err != nil {
+		return nil, nil, err
+	}
+	if d.ResultType != "vector" {
+		return nil, nil, fmt.Errorf("query %s: result type %s, want vector", expr, d.ResultType)
+	}
 	var vec []vectorSample
-	require.NoError(t, json.Unmarshal(d.Result, &vec))
+	if err := json.Unmarshal(d.Result, &vec); err != nil {
+		return nil, nil, err
+	}
 	out := map[string]float64{}
 	for _, s := range vec {
 		v, err := strconv.ParseFloat(s.Value[1].(string), 64)
-		require.NoError(t, err)
+		if err != nil {
+			return nil, nil, err
+		}
 		out[s.Metric[byLabel]] = v
 	}
-	return out, resp.Warnings
+	return out, resp.Warnings, nil
+}
+
+// instantValues is queryInstant that fails the test on an error.
+func instantValues(t *testing.T, q *process, expr, byLabel string, ts int64) (map[string]float64, []string) {
+	t.Helper()
+	out, warnings, err := queryInstant(q, expr, byLabel, ts)
+	require.NoError(t, err)
+	return out, warnings
 }
 
 // checkServedAnswers asserts that instant queries at every served
@@ -247,7 +266,7 @@ scrape_configs:
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	_, err = c.Push(ctx, &censuspb.PushRequest{Series: []*censuspb.TimeSeries{{
-		Labels:  []*censuspb.LabelPair{{Name: "__name__", Value: "bad_series"}, {Name: "", Value: "x"}},
+		Labels:  []*censuspb.LabelPair{{Name: []byte("__name__"), Value: []byte("bad_series")}, {Name: []byte(""), Value: []byte("x")}},
 		Samples: []*censuspb.Sample{{TimestampMs: time.Now().UnixMilli(), Value: 1}},
 	}}})
 	require.Equal(t, codes.InvalidArgument, status.Code(err), "%v", err)
