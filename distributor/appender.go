@@ -2,7 +2,6 @@ package distributor
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -72,11 +71,11 @@ func validateLabels(ls labels.Labels) error {
 	if ls.IsEmpty() {
 		return fmt.Errorf("%w: series has no labels", ErrInvalidSeries)
 	}
-	if name, dup := ls.HasDuplicateLabelNames(); dup {
-		return fmt.Errorf("%w: duplicate label name %q in series %s", ErrInvalidSeries, name, ls)
-	}
 	if !ls.IsValid(model.UTF8Validation) {
 		return fmt.Errorf("%w: empty or non-UTF-8 label name or value in series %s", ErrInvalidSeries, ls)
+	}
+	if name, dup := ls.HasDuplicateLabelNames(); dup {
+		return fmt.Errorf("%w: duplicate label name %q in series %s", ErrInvalidSeries, name, ls)
 	}
 	return nil
 }
@@ -110,10 +109,11 @@ func (a *appender) Commit() error {
 		return err
 	}
 	for _, err := range errs {
-		if err != nil {
+		if status.Code(err) == codes.InvalidArgument {
 			// Every series has its quorum, but an ingester refused part of
 			// the input (an out-of-order sample, say): report it so the
-			// sender does not retry.
+			// sender does not retry. Other failures are what replicas are
+			// for: the quorum covers them.
 			a.d.metrics.commits.WithLabelValues("invalid").Inc()
 			return fmt.Errorf("%w: %w", ErrInvalidSeries, err)
 		}

@@ -25,7 +25,9 @@ func TestCluster_AllInOne(t *testing.T) {
 		"--memberlist.bind-address=127.0.0.1:0",
 		"--storage.path="+filepath.Join(t.TempDir(), "data"),
 	)
-	require.Contains(t, p.log.String(), "http://"+p.http+"/api/v1/query?query=up", "the URL to open is printed")
+	require.Eventually(t, func() bool {
+		return strings.Contains(p.log.String(), "http://"+p.http+"/api/v1/query?query=up")
+	}, 10*time.Second, 10*time.Millisecond, "the URL to open is printed")
 	p.waitReady(30 * time.Second)
 
 	require.Eventually(t, func() bool {

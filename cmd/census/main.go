@@ -18,8 +18,9 @@ import (
 
 	"github.com/oklog/run"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors/version"
+	versioncollector "github.com/prometheus/client_golang/prometheus/collectors/version"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/prometheus/common/version"
 	"github.com/prometheus/prometheus/config"
 	"google.golang.org/grpc"
 
@@ -126,11 +127,18 @@ func parseFlags(name string, args []string, stderr io.Writer) (*options, error) 
 		o.querier.RegisterFlags(fs)
 	}
 	if name == "all" {
-		// One process holds the only ingester: one copy is all there is.
-		rf := fs.Lookup("ring.replication-factor")
-		rf.DefValue = "1"
-		if err := rf.Value.Set("1"); err != nil {
-			return nil, err
+		// One process holds the only ingester: one copy is all there is,
+		// and only this process gossips with it and pushes to it.
+		for flagName, value := range map[string]string{
+			"ring.replication-factor": "1",
+			"memberlist.bind-address": "127.0.0.1:7946",
+			"grpc.listen-address":     "127.0.0.1:9095",
+		} {
+			f := fs.Lookup(flagName)
+			f.DefValue = value
+			if err := f.Value.Set(value); err != nil {
+				return nil, err
+			}
 		}
 	}
 	if err := fs.Parse(args); err != nil {
@@ -193,11 +201,18 @@ func (rs readiness) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
 
 // start wires the role's components into one run.Group and runs it until
 // a signal or a component's failure.
+//
+// oklog/run interrupts actors one after another in the order they were
+// added, and each interrupt below waits until its actor has returned. So
+// actors are added in stop order: the agent sends its last scrape while
+// the ring and the ingester still take it, the HTTP server drains its
+// queries while the ingesters still answer, the ingester leaves the ring
+// before its gRPC server stops, and the TSDB closes last.
 func start(o *options, logger *slog.Logger) error {
 	// The Prometheus packages register their metrics on the default
 	// registry, so every Census metric goes there too.
 	reg := prometheus.DefaultRegisterer
-	reg.MustRegister(version.NewCollector("census"))
+	reg.MustRegister(versioncollector.NewCollector("census"))
 
 	var g run.Group
 	g.Add(run.SignalHandler(context.Background(), os.Interrupt, syscall.SIGTERM))
@@ -211,10 +226,14 @@ func start(o *options, logger *slog.Logger) error {
 	defer httpLn.Close()
 
 	// Ingester: the TSDB opens (and replays its WAL) before anything is
-	// served, and closes after every other component stopped.
-	var instanceAddr, grpcAddr string
+	// served, and closes after every actor stopped.
+	var (
+		instanceAddr, grpcAddr string
+		grpcSrv                *grpc.Server
+		grpcLn                 net.Listener
+	)
 	if o.role.ingester {
-		grpcLn, err := net.Listen("tcp", o.grpcAddr)
+		grpcLn, err = net.Listen("tcp", o.grpcAddr)
 		if err != nil {
 			return fmt.Errorf("listen for gRPC: %w", err)
 		}
@@ -232,35 +251,23 @@ func start(o *options, logger *slog.Logger) error {
 			}
 		}()
 		ready.add("ingester", ing.Ready)
-		srv := grpc.NewServer(grpc.MaxRecvMsgSize(censuspb.MaxMessageSize), grpc.MaxSendMsgSize(censuspb.MaxMessageSize))
-		censuspb.RegisterIngesterServer(srv, ing)
-		g.Add(func() error {
-			return srv.Serve(grpcLn)
-		}, func(error) {
-			stopGRPC(srv, 10*time.Second)
-		})
+		grpcSrv = grpc.NewServer(grpc.MaxRecvMsgSize(censuspb.MaxMessageSize), grpc.MaxSendMsgSize(censuspb.MaxMessageSize))
+		censuspb.RegisterIngesterServer(grpcSrv, ing)
 	}
 
-	// Ring: every role is a member; an ingester also owns tokens. On stop
-	// an ingester leaves the ring (LEAVING, then LEFT) before its TSDB
-	// closes.
+	// Ring: every role is a member; an ingester also owns tokens.
 	r, err := ring.New(o.ring, instanceAddr, logger.With("component", "ring"), reg)
 	if err != nil {
 		return err
 	}
 	ready.add("ring", r.Ready)
 	mux.Handle("/ring", r)
-	ringCtx, stopRing := context.WithCancel(context.Background())
-	g.Add(func() error {
-		return r.Run(ringCtx)
-	}, func(error) {
-		stopRing()
-	})
 
 	clients := censuspb.NewClientPool()
 	defer clients.Close()
 
-	// Agent: scrapes and appends through the distributor.
+	// Agent: scrapes (itself and the demo service, for `census all`) and
+	// appends through the distributor.
 	if o.role.agent {
 		dist, err := distributor.New(o.distributor, r, clients, logger.With("component", "distributor"), reg)
 		if err != nil {
@@ -275,18 +282,21 @@ func start(o *options, logger *slog.Logger) error {
 			return err
 		}
 		ready.add("agent", a.Ready)
-		agentCtx, stopAgent := context.WithCancel(context.Background())
-		g.Add(func() error {
-			return a.Run(agentCtx)
-		}, func(error) {
-			stopAgent()
-		})
+		addInOrder(&g, a.Run)
 	}
 
 	// Querier: the Prometheus HTTP API over every ingester.
 	if o.role.querier {
 		q := querier.NewQueryable(r, clients, logger.With("component", "querier"), reg)
-		api, err := querier.NewAPI(o.querier, q, logger.With("component", "querier"), reg)
+		build := querier.BuildInfo{
+			Version:   version.Version,
+			Revision:  version.Revision,
+			Branch:    version.Branch,
+			BuildUser: version.BuildUser,
+			BuildDate: version.BuildDate,
+			GoVersion: version.GoVersion,
+		}
+		api, err := querier.NewAPI(o.querier, q, build, logger.With("component", "querier"), reg)
 		if err != nil {
 			return err
 		}
@@ -308,17 +318,43 @@ func start(o *options, logger *slog.Logger) error {
 		_ = httpSrv.Shutdown(ctx)
 	})
 
+	// The ring: on stop an ingester turns LEAVING, then LEFT, so writers
+	// and readers move on before its gRPC server stops.
+	addInOrder(&g, r.Run)
+
+	if grpcSrv != nil {
+		g.Add(func() error {
+			return grpcSrv.Serve(grpcLn)
+		}, func(error) {
+			stopGRPC(grpcSrv, 10*time.Second)
+		})
+	}
+
 	logger.Info("Census started", "role", o.name, "http", httpLn.Addr().String(), "grpc", grpcAddr, "gossip", r.GossipAddr())
 	if o.name == "all" {
-		logger.Info("Query Census at " + "http://" + localURLHost(httpLn.Addr()) + "/api/v1/query?query=up")
+		logger.Info("Query Census at http://" + localURLHost(httpLn.Addr()) + "/api/v1/query?query=up")
 	}
 	err = g.Run()
-	var sig run.SignalError
-	if errors.As(err, &sig) {
-		logger.Info("Census stopped", "signal", sig.Signal.String())
+	if errors.Is(err, run.ErrSignal) {
+		logger.Info("Census stopped", "reason", err)
 		return nil
 	}
 	return err
+}
+
+// addInOrder adds an actor running fn whose interrupt cancels fn's context
+// and waits until fn has returned, so that the next actor is interrupted
+// only once this one has stopped.
+func addInOrder(g *run.Group, fn func(ctx context.Context) error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	g.Add(func() error {
+		defer close(done)
+		return fn(ctx)
+	}, func(error) {
+		cancel()
+		<-done
+	})
 }
 
 // loadScrapeConfig reads --config.file or, for `census all` without one,
@@ -333,12 +369,7 @@ func loadScrapeConfig(o *options, self net.Addr, g *run.Group, logger *slog.Logg
 		return nil, fmt.Errorf("listen for the demo service: %w", err)
 	}
 	demo := newDemoService(demoLn, logger.With("component", "demo"))
-	demoCtx, stopDemo := context.WithCancel(context.Background())
-	g.Add(func() error {
-		return demo.Run(demoCtx)
-	}, func(error) {
-		stopDemo()
-	})
+	addInOrder(g, demo.Run)
 	return agent.ParseScrapeConfig(fmt.Sprintf(demoScrapeConfig, localURLHost(self), demoLn.Addr().String()), logger)
 }
 

@@ -1,0 +1,57 @@
+package querier_test
+
+import (
+	"flag"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/census-metrics/census/querier"
+)
+
+func TestConfig_RegisterFlags(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		want querier.Config
+	}{
+		{
+			name: "defaults",
+			want: querier.Config{Timeout: 2 * time.Minute, MaxSamples: 50000000, LookbackDelta: 5 * time.Minute},
+		},
+		{
+			name: "set",
+			args: []string{"--query.timeout=30s", "--query.max-samples=1000", "--query.lookback-delta=1m"},
+			want: querier.Config{Timeout: 30 * time.Second, MaxSamples: 1000, LookbackDelta: time.Minute},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var cfg querier.Config
+			fs := flag.NewFlagSet("test", flag.ContinueOnError)
+			cfg.RegisterFlags(fs)
+			require.NoError(t, fs.Parse(tc.args))
+			require.Equal(t, tc.want, cfg)
+			require.NoError(t, cfg.Validate())
+		})
+	}
+}
+
+func TestConfig_Validate(t *testing.T) {
+	valid := querier.Config{Timeout: time.Minute, MaxSamples: 1, LookbackDelta: time.Minute}
+	for _, tc := range []struct {
+		name    string
+		modify  func(*querier.Config)
+		wantErr string
+	}{
+		{name: "zero timeout", modify: func(c *querier.Config) { c.Timeout = 0 }, wantErr: "--query.timeout"},
+		{name: "negative max samples", modify: func(c *querier.Config) { c.MaxSamples = -1 }, wantErr: "--query.max-samples"},
+		{name: "zero lookback delta", modify: func(c *querier.Config) { c.LookbackDelta = 0 }, wantErr: "--query.lookback-delta"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := valid
+			tc.modify(&cfg)
+			require.ErrorContains(t, cfg.Validate(), tc.wantErr)
+		})
+	}
+}

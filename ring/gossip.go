@@ -1,0 +1,365 @@
+package ring
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strings"
+	"sync/atomic"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// Every gossip message starts with a byte saying what it is, then JSON. The
+// byte also leaves room for a later encoding to coexist with this one.
+const (
+	msgDelta    byte = 'd' // changed instances, from the broadcast queue (UDP)
+	msgReliable byte = 'r' // changed instances too big for a packet (TCP)
+	msgState    byte = 's' // the full descriptor, on push/pull (TCP)
+)
+
+// packetHeadroom is what memberlist's framing (compound and user message
+// headers) may take from a UDP packet; a delta longer than
+// UDPBufferSize-packetHeadroom goes over TCP instead, since the broadcast
+// queue would never find room for it.
+const packetHeadroom = 64
+
+// reliableFanout is how many random peers receive each delta that is too big
+// for a packet; each peer that learns something passes it on, so the news
+// spreads like a broadcast.
+const reliableFanout = 3
+
+// wireInstance is an InstanceDesc on the wire. Tokens are packed as
+// little-endian uint32s, which JSON writes as base64: about 5.3 bytes per
+// token instead of 11, so that a delta with the default 128 tokens fits one
+// UDP packet.
+type wireInstance struct {
+	ID           string `json:"id"`
+	Addr         string `json:"addr,omitempty"`
+	Zone         string `json:"zone,omitempty"`
+	State        State  `json:"state"`
+	Tokens       []byte `json:"tokens,omitempty"`
+	Heartbeat    int64  `json:"heartbeat"`
+	RegisteredAt int64  `json:"registered_at"`
+}
+
+type wireMessage struct {
+	Instances []wireInstance `json:"instances"`
+}
+
+// encodeMessage encodes insts as a message of the given kind.
+func encodeMessage(kind byte, insts []InstanceDesc) ([]byte, error) {
+	msg := wireMessage{Instances: make([]wireInstance, 0, len(insts))}
+	for _, inst := range insts {
+		var tokens []byte
+		if len(inst.Tokens) > 0 {
+			tokens = make([]byte, 0, 4*len(inst.Tokens))
+			for _, t := range inst.Tokens {
+				tokens = binary.LittleEndian.AppendUint32(tokens, t)
+			}
+		}
+		msg.Instances = append(msg.Instances, wireInstance{
+			ID:           inst.ID,
+			Addr:         inst.Addr,
+			Zone:         inst.Zone,
+			State:        inst.State,
+			Tokens:       tokens,
+			Heartbeat:    inst.Heartbeat,
+			RegisteredAt: inst.RegisteredAt,
+		})
+	}
+	b, err := json.Marshal(msg)
+	if err != nil {
+		return nil, fmt.Errorf("encode ring gossip message: %w", err)
+	}
+	return append([]byte{kind}, b...), nil
+}
+
+// decodeMessage decodes a message written by encodeMessage. It does not
+// retain b. Entries that fail validation are left out and counted in
+// invalid, so one bad entry does not block the others.
+func decodeMessage(b []byte) (kind byte, d desc, invalid int, err error) {
+	if len(b) == 0 {
+		return 0, nil, 0, errors.New("empty ring gossip message")
+	}
+	kind = b[0]
+	switch kind {
+	case msgDelta, msgReliable, msgState:
+	default:
+		return kind, nil, 0, fmt.Errorf("unknown ring gossip message kind %q", kind)
+	}
+	var msg wireMessage
+	if err := json.Unmarshal(b[1:], &msg); err != nil {
+		return kind, nil, 0, fmt.Errorf("decode ring gossip message of %d bytes: %w", len(b), err)
+	}
+	d = make(desc, len(msg.Instances))
+	for _, w := range msg.Instances {
+		if len(w.Tokens)%4 != 0 {
+			invalid++
+			continue
+		}
+		inst := InstanceDesc{
+			ID:           w.ID,
+			Addr:         w.Addr,
+			Zone:         w.Zone,
+			State:        w.State,
+			Heartbeat:    w.Heartbeat,
+			RegisteredAt: w.RegisteredAt,
+		}
+		if len(w.Tokens) > 0 {
+			inst.Tokens = make([]uint32, len(w.Tokens)/4)
+			for i := range inst.Tokens {
+				inst.Tokens[i] = binary.LittleEndian.Uint32(w.Tokens[4*i:])
+			}
+		}
+		if inst.validate() != nil {
+			invalid++
+			continue
+		}
+		if prev, ok := d[inst.ID]; ok && compareInstances(&prev, &inst) > 0 {
+			continue
+		}
+		d[inst.ID] = inst
+	}
+	return kind, d, invalid, nil
+}
+
+// instanceBroadcast is one instance's latest entry in the broadcast queue.
+// It is named after the instance, so queueing a newer entry replaces an
+// older one still waiting.
+type instanceBroadcast struct {
+	id   string
+	msg  []byte
+	done chan struct{} // closed by Finished when not nil
+}
+
+func (b *instanceBroadcast) Invalidates(other memberlist.Broadcast) bool {
+	o, ok := other.(*instanceBroadcast)
+	return ok && o.id == b.id
+}
+
+func (b *instanceBroadcast) Name() string    { return b.id }
+func (b *instanceBroadcast) Message() []byte { return b.msg }
+
+// Finished is called by the queue, under its lock, once the message was sent
+// often enough or was replaced.
+func (b *instanceBroadcast) Finished() {
+	if b.done != nil {
+		close(b.done)
+	}
+}
+
+// broadcastLocked sends inst to the other members: through memberlist's
+// broadcast queue when it fits a packet, else over TCP from
+// sendReliableLoop. done, if not nil, is closed once the broadcast is over.
+// The caller holds r.descMtx, so broadcasts of one instance are queued in
+// the order its versions were merged and an older one never replaces a
+// newer one.
+func (r *Ring) broadcastLocked(inst InstanceDesc, done chan struct{}) {
+	msg, err := encodeMessage(msgDelta, []InstanceDesc{inst})
+	if err != nil {
+		panic("BUG: " + err.Error()) // Only valid descriptors get here.
+	}
+	if len(msg) <= r.maxPacketMessage {
+		r.queue.QueueBroadcast(&instanceBroadcast{id: inst.ID, msg: msg, done: done})
+		return
+	}
+	msg[0] = msgReliable
+	r.reliableMtx.Lock()
+	r.reliablePending[inst.ID] = msg
+	r.reliableMtx.Unlock()
+	select {
+	case r.reliablec <- struct{}{}:
+	default:
+	}
+	if done != nil {
+		close(done)
+	}
+}
+
+// sendReliableLoop sends the pending oversized deltas until stopc closes.
+// Only the latest delta per instance is kept, so a slow or dead peer delays
+// news but never piles it up.
+func (r *Ring) sendReliableLoop(stopc <-chan struct{}) {
+	for {
+		select {
+		case <-stopc:
+			return
+		case <-r.reliablec:
+		}
+		r.reliableMtx.Lock()
+		pending := r.reliablePending
+		r.reliablePending = map[string][]byte{}
+		r.reliableMtx.Unlock()
+
+		peers := r.alivePeers()
+		for _, msg := range pending {
+			rand.Shuffle(len(peers), func(i, j int) { peers[i], peers[j] = peers[j], peers[i] })
+			for _, p := range peers[:min(reliableFanout, len(peers))] {
+				// A send to a dead peer blocks for memberlist's TCPTimeout;
+				// do not hold up a stop for the rest.
+				select {
+				case <-stopc:
+					return
+				default:
+				}
+				if err := r.ml.SendReliable(p, msg); err != nil {
+					r.logger.Debug("Failed to send ring update", "peer", p.Name, "err", err)
+					continue
+				}
+				r.metrics.messagesSent.WithLabelValues(kindReliable).Inc()
+			}
+		}
+	}
+}
+
+// alivePeers returns the other members memberlist believes alive.
+func (r *Ring) alivePeers() []*memberlist.Node {
+	var peers []*memberlist.Node
+	for _, n := range r.ml.Members() {
+		if n.Name != r.nodeName && n.State == memberlist.StateAlive {
+			peers = append(peers, n)
+		}
+	}
+	return peers
+}
+
+// mergeRemote merges a descriptor received from a peer and, when pass is
+// set, passes on whatever was news here. Passing on only news is what ends
+// the epidemic: a member that already knew a version stays quiet.
+func (r *Ring) mergeRemote(d desc, pass bool) {
+	r.descMtx.Lock()
+	defer r.descMtx.Unlock()
+	changed := r.desc.mergeFrom(d)
+	if len(changed) == 0 {
+		return
+	}
+	r.rebuildLocked()
+	if pass {
+		for _, inst := range changed {
+			r.broadcastLocked(inst, nil)
+		}
+	}
+}
+
+// delegate is the memberlist.Delegate of a Ring. memberlist calls it from
+// its network goroutines, concurrently, and none of its methods may block.
+type delegate struct{ r *Ring }
+
+var _ memberlist.Delegate = delegate{}
+
+// NodeMeta is unused: the ring travels in user messages, not node metadata.
+func (delegate) NodeMeta(int) []byte { return nil }
+
+// NotifyMsg merges a delta; b is not retained, as memberlist reuses it.
+func (d delegate) NotifyMsg(b []byte) {
+	kind, in, ok := d.decode(b)
+	if !ok {
+		return
+	}
+	if kind == msgState {
+		d.r.metrics.invalidMessages.Inc()
+		return
+	}
+	d.r.mergeRemote(in, true)
+}
+
+// GetBroadcasts hands memberlist the queued deltas that fit in limit.
+func (d delegate) GetBroadcasts(overhead, limit int) [][]byte {
+	msgs := d.r.queue.GetBroadcasts(overhead, limit)
+	if len(msgs) > 0 {
+		d.r.metrics.messagesSent.WithLabelValues(kindBroadcast).Add(float64(len(msgs)))
+	}
+	return msgs
+}
+
+// LocalState returns the full descriptor for a push/pull.
+func (d delegate) LocalState(bool) []byte {
+	r := d.r
+	msg, err := encodeMessage(msgState, r.snap.Load().instances)
+	if err != nil {
+		panic("BUG: " + err.Error()) // Only valid descriptors get into the snapshot.
+	}
+	r.metrics.messagesSent.WithLabelValues(kindPushPull).Inc()
+	return msg
+}
+
+// MergeRemoteState merges a peer's full descriptor from a push/pull. It does
+// not pass the news on: the periodic push/pulls spread the full state
+// anyway, and re-broadcasting a whole ring on every join would flood the
+// queue with entries most members already have.
+func (d delegate) MergeRemoteState(buf []byte, _ bool) {
+	kind, in, ok := d.decode(buf)
+	if !ok {
+		return
+	}
+	if kind != msgState {
+		d.r.metrics.invalidMessages.Inc()
+		return
+	}
+	d.r.mergeRemote(in, false)
+}
+
+func (d delegate) decode(b []byte) (byte, desc, bool) {
+	kind, in, invalid, err := decodeMessage(b)
+	if err != nil {
+		d.r.metrics.invalidMessages.Inc()
+		d.r.logger.Warn("Dropping invalid ring gossip message", "err", err)
+		return 0, nil, false
+	}
+	switch kind {
+	case msgDelta:
+		d.r.metrics.messagesReceived.WithLabelValues(kindBroadcast).Inc()
+	case msgReliable:
+		d.r.metrics.messagesReceived.WithLabelValues(kindReliable).Inc()
+	case msgState:
+		d.r.metrics.messagesReceived.WithLabelValues(kindPushPull).Inc()
+	}
+	if invalid > 0 {
+		d.r.metrics.invalidMessages.Add(float64(invalid))
+		d.r.logger.Warn("Dropping invalid ring gossip entries", "entries", invalid)
+	}
+	return kind, in, true
+}
+
+// memberlistLogWriter turns memberlist's "[LEVEL] memberlist: text" lines
+// into slog records at the matching level.
+type memberlistLogWriter struct {
+	logger *slog.Logger
+	// stopped is set once Run shuts memberlist down: memberlist's loops may
+	// still be mid-send then and report the closed socket as an error,
+	// which is expected and logged at debug level instead.
+	stopped *atomic.Bool
+}
+
+func (w memberlistLogWriter) Write(p []byte) (int, error) {
+	level, text := parseMemberlistLine(string(p))
+	if w.stopped.Load() && strings.Contains(text, "use of closed network connection") {
+		level = slog.LevelDebug
+	}
+	w.logger.Log(context.Background(), level, "Memberlist", "text", text)
+	return len(p), nil
+}
+
+func parseMemberlistLine(line string) (slog.Level, string) {
+	line = strings.TrimSpace(line)
+	level := slog.LevelDebug
+	if rest, ok := strings.CutPrefix(line, "["); ok {
+		if name, text, ok := strings.Cut(rest, "]"); ok {
+			switch name {
+			case "ERR":
+				level = slog.LevelError
+			case "WARN":
+				level = slog.LevelWarn
+			case "INFO":
+				level = slog.LevelInfo
+			}
+			line = strings.TrimSpace(text)
+		}
+	}
+	return level, strings.TrimPrefix(line, "memberlist: ")
+}

@@ -1,0 +1,141 @@
+package ring
+
+import (
+	"log/slog"
+	"math/rand/v2"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestEncodeDecodeMessage(t *testing.T) {
+	insts := []InstanceDesc{
+		{ID: "a", Addr: "10.0.0.1:9095", Zone: "z1", State: ACTIVE, Tokens: []uint32{0, 7, 1 << 31, ^uint32(0)}, Heartbeat: 1234, RegisteredAt: 1000},
+		{ID: "b", Addr: "10.0.0.2:9095", State: LEFT, Heartbeat: 99, RegisteredAt: 10},
+		{ID: "c", Addr: "10.0.0.3:9095", State: LEAVING, Tokens: []uint32{42}, Heartbeat: 5, RegisteredAt: 1},
+	}
+	for _, kind := range []byte{msgDelta, msgReliable, msgState} {
+		b, err := encodeMessage(kind, insts)
+		require.NoError(t, err)
+		require.Equal(t, kind, b[0])
+
+		gotKind, d, invalid, err := decodeMessage(b)
+		require.NoError(t, err)
+		require.Equal(t, kind, gotKind)
+		require.Zero(t, invalid)
+		require.Equal(t, desc{"a": insts[0], "b": insts[1], "c": insts[2]}, d)
+	}
+}
+
+func TestDecodeMessage_Invalid(t *testing.T) {
+	tests := []struct {
+		name        string
+		msg         string
+		wantErr     string
+		wantIDs     []string
+		wantInvalid int
+	}{
+		{name: "empty", msg: "", wantErr: "empty"},
+		{name: "unknown kind", msg: `x{"instances":[]}`, wantErr: "unknown ring gossip message kind"},
+		{name: "not JSON", msg: `d{"instances":`, wantErr: "decode ring gossip message of 14 bytes"},
+		{name: "unknown state", msg: `d{"instances":[{"id":"a","state":"BORED"}]}`, wantErr: `invalid ring state "BORED"`},
+		{
+			name:        "invalid entries are dropped, valid ones kept",
+			msg:         `d{"instances":[{"id":"","state":"ACTIVE"},{"id":"b","state":"ACTIVE","tokens":"AQID"},{"id":"c","state":"LEFT","tokens":"AQAAAA=="},{"id":"ok","state":"ACTIVE","tokens":"AQAAAA=="}]}`,
+			wantIDs:     []string{"ok"},
+			wantInvalid: 3,
+		},
+		{
+			name:    "duplicate ids keep the newest",
+			msg:     `d{"instances":[{"id":"a","state":"ACTIVE","heartbeat":5},{"id":"a","state":"ACTIVE","heartbeat":3}]}`,
+			wantIDs: []string{"a"},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, d, invalid, err := decodeMessage([]byte(tc.msg))
+			if tc.wantErr != "" {
+				require.ErrorContains(t, err, tc.wantErr)
+				return
+			}
+			require.NoError(t, err)
+			require.Equal(t, tc.wantInvalid, invalid)
+			require.Equal(t, tc.wantIDs, sortedKeys(d))
+		})
+	}
+	_, d, _, err := decodeMessage([]byte(`d{"instances":[{"id":"a","state":"ACTIVE","heartbeat":5},{"id":"a","state":"ACTIVE","heartbeat":3}]}`))
+	require.NoError(t, err)
+	require.Equal(t, int64(5), d["a"].Heartbeat)
+}
+
+func TestDecodeMessage_DoesNotRetainInput(t *testing.T) {
+	b, err := encodeMessage(msgDelta, []InstanceDesc{{ID: "a", Addr: "x:1", State: ACTIVE, Tokens: []uint32{1, 2}, Heartbeat: 1}})
+	require.NoError(t, err)
+	_, d, _, err := decodeMessage(b)
+	require.NoError(t, err)
+	for i := range b {
+		b[i] = 0 // memberlist reuses the buffer after NotifyMsg returns
+	}
+	require.Equal(t, InstanceDesc{ID: "a", Addr: "x:1", State: ACTIVE, Tokens: []uint32{1, 2}, Heartbeat: 1}, d["a"])
+}
+
+// TestBroadcast_PacketOrTCP checks that a delta with the default 128 tokens
+// and realistic names fits memberlist's UDP packet, and that a bigger one is
+// routed to the TCP sender instead of waiting forever in the queue.
+func TestBroadcast_PacketOrTCP(t *testing.T) {
+	rnd := rand.New(rand.NewPCG(1, 1))
+	inst := func(tokens int) InstanceDesc {
+		return InstanceDesc{
+			ID:           "ingester-" + strings.Repeat("x", 50),
+			Addr:         "10.123.234.210:9095",
+			Zone:         "europe-west4-a",
+			State:        ACTIVE,
+			Tokens:       generateTokens(rnd, tokens, nil),
+			Heartbeat:    1_732_500_000_000,
+			RegisteredAt: 1_732_500_000_000,
+		}
+	}
+	r := newRing(Config{}, "self", "", nil, nil)
+
+	r.descMtx.Lock()
+	r.broadcastLocked(inst(128), nil)
+	r.descMtx.Unlock()
+	require.Equal(t, 1, r.queue.NumQueued())
+	require.Empty(t, r.reliablePending)
+
+	big := inst(1024)
+	done := make(chan struct{})
+	r.descMtx.Lock()
+	r.broadcastLocked(big, done)
+	r.descMtx.Unlock()
+	require.Equal(t, 1, r.queue.NumQueued())
+	require.Len(t, r.reliablePending, 1)
+	require.Len(t, r.reliablec, 1)
+	<-done // the caller is not left waiting for a queue that never sends it
+	kind, d, _, err := decodeMessage(r.reliablePending[big.ID])
+	require.NoError(t, err)
+	require.Equal(t, msgReliable, kind)
+	require.Equal(t, big, d[big.ID])
+}
+
+func TestParseMemberlistLine(t *testing.T) {
+	tests := []struct {
+		line      string
+		wantLevel slog.Level
+		wantText  string
+	}{
+		{"[DEBUG] memberlist: Initiating push/pull sync with: 127.0.0.1:7946\n", slog.LevelDebug, "Initiating push/pull sync with: 127.0.0.1:7946"},
+		{"[INFO] memberlist: Suspect x has failed, no acks received\n", slog.LevelInfo, "Suspect x has failed, no acks received"},
+		{"[WARN] memberlist: Refuting a dead message\n", slog.LevelWarn, "Refuting a dead message"},
+		{"[ERR] memberlist: Failed to send ping\n", slog.LevelError, "Failed to send ping"},
+		{"no level at all\n", slog.LevelDebug, "no level at all"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.wantText, func(t *testing.T) {
+			level, text := parseMemberlistLine(tc.line)
+			require.Equal(t, tc.wantLevel, level)
+			require.Equal(t, tc.wantText, text)
+		})
+	}
+}
