@@ -3,6 +3,13 @@
 
 GO      ?= go
 BIN     := bin/census
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+VERSION_PKG := github.com/prometheus/common/version
+LDFLAGS := -X $(VERSION_PKG).Version=$(VERSION) \
+	-X $(VERSION_PKG).Revision=$(shell git rev-parse HEAD 2>/dev/null) \
+	-X $(VERSION_PKG).Branch=$(shell git rev-parse --abbrev-ref HEAD 2>/dev/null) \
+	-X $(VERSION_PKG).BuildUser=$(shell whoami)@$(shell hostname) \
+	-X $(VERSION_PKG).BuildDate=$(shell date -u +%Y%m%d-%H:%M:%S)
 PKGS    := ./...
 # Packages with goroutines and shared state run under the race detector.
 RACE_PKGS := ./ring/... ./distributor/... ./ingester/... ./querier/... ./agent/...
@@ -12,7 +19,7 @@ RACE_PKGS := ./ring/... ./distributor/... ./ingester/... ./querier/... ./agent/.
 all: build
 
 build:
-	$(GO) build -o $(BIN) ./cmd/census
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/census
 
 # run starts every role in one process with data under ./data and prints the
 # querier's URL.
