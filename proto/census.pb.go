@@ -27,6 +27,58 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type Histogram_ResetHint int32
+
+const (
+	Histogram_UNKNOWN Histogram_ResetHint = 0
+	Histogram_YES     Histogram_ResetHint = 1
+	Histogram_NO      Histogram_ResetHint = 2
+	Histogram_GAUGE   Histogram_ResetHint = 3
+)
+
+// Enum value maps for Histogram_ResetHint.
+var (
+	Histogram_ResetHint_name = map[int32]string{
+		0: "UNKNOWN",
+		1: "YES",
+		2: "NO",
+		3: "GAUGE",
+	}
+	Histogram_ResetHint_value = map[string]int32{
+		"UNKNOWN": 0,
+		"YES":     1,
+		"NO":      2,
+		"GAUGE":   3,
+	}
+)
+
+func (x Histogram_ResetHint) Enum() *Histogram_ResetHint {
+	p := new(Histogram_ResetHint)
+	*p = x
+	return p
+}
+
+func (x Histogram_ResetHint) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Histogram_ResetHint) Descriptor() protoreflect.EnumDescriptor {
+	return file_census_proto_enumTypes[0].Descriptor()
+}
+
+func (Histogram_ResetHint) Type() protoreflect.EnumType {
+	return &file_census_proto_enumTypes[0]
+}
+
+func (x Histogram_ResetHint) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Histogram_ResetHint.Descriptor instead.
+func (Histogram_ResetHint) EnumDescriptor() ([]byte, []int) {
+	return file_census_proto_rawDescGZIP(), []int{3, 0}
+}
+
 type LabelMatcher_Type int32
 
 const (
@@ -63,11 +115,11 @@ func (x LabelMatcher_Type) String() string {
 }
 
 func (LabelMatcher_Type) Descriptor() protoreflect.EnumDescriptor {
-	return file_census_proto_enumTypes[0].Descriptor()
+	return file_census_proto_enumTypes[1].Descriptor()
 }
 
 func (LabelMatcher_Type) Type() protoreflect.EnumType {
-	return &file_census_proto_enumTypes[0]
+	return &file_census_proto_enumTypes[1]
 }
 
 func (x LabelMatcher_Type) Number() protoreflect.EnumNumber {
@@ -76,7 +128,7 @@ func (x LabelMatcher_Type) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use LabelMatcher_Type.Descriptor instead.
 func (LabelMatcher_Type) EnumDescriptor() ([]byte, []int) {
-	return file_census_proto_rawDescGZIP(), []int{5, 0}
+	return file_census_proto_rawDescGZIP(), []int{10, 0}
 }
 
 // Encoding numbers equal Prometheus' chunkenc.Encoding values.
@@ -116,11 +168,11 @@ func (x Chunk_Encoding) String() string {
 }
 
 func (Chunk_Encoding) Descriptor() protoreflect.EnumDescriptor {
-	return file_census_proto_enumTypes[1].Descriptor()
+	return file_census_proto_enumTypes[2].Descriptor()
 }
 
 func (Chunk_Encoding) Type() protoreflect.EnumType {
-	return &file_census_proto_enumTypes[1]
+	return &file_census_proto_enumTypes[2]
 }
 
 func (x Chunk_Encoding) Number() protoreflect.EnumNumber {
@@ -129,7 +181,7 @@ func (x Chunk_Encoding) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Chunk_Encoding.Descriptor instead.
 func (Chunk_Encoding) EnumDescriptor() ([]byte, []int) {
-	return file_census_proto_rawDescGZIP(), []int{7, 0}
+	return file_census_proto_rawDescGZIP(), []int{12, 0}
 }
 
 // LabelPair is one label of a series. Name and value are UTF-8 text carried
@@ -241,19 +293,432 @@ func (x *Sample) GetValue() float64 {
 	return 0
 }
 
+// BucketSpan is a run of consecutive native histogram buckets, as
+// Prometheus' histogram.Span.
+type BucketSpan struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Gap to the previous span, or the index of the first bucket.
+	Offset        int32  `protobuf:"zigzag32,1,opt,name=offset,proto3" json:"offset,omitempty"`
+	Length        uint32 `protobuf:"varint,2,opt,name=length,proto3" json:"length,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BucketSpan) Reset() {
+	*x = BucketSpan{}
+	mi := &file_census_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BucketSpan) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BucketSpan) ProtoMessage() {}
+
+func (x *BucketSpan) ProtoReflect() protoreflect.Message {
+	mi := &file_census_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BucketSpan.ProtoReflect.Descriptor instead.
+func (*BucketSpan) Descriptor() ([]byte, []int) {
+	return file_census_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *BucketSpan) GetOffset() int32 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *BucketSpan) GetLength() uint32 {
+	if x != nil {
+		return x.Length
+	}
+	return 0
+}
+
+// Histogram is one native histogram sample, integer or float, with the
+// fields of Prometheus' histogram.Histogram and histogram.FloatHistogram.
+type Histogram struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	TimestampMs int64                  `protobuf:"varint,1,opt,name=timestamp_ms,json=timestampMs,proto3" json:"timestamp_ms,omitempty"`
+	// An integer histogram sets the *_int counts and *_deltas; a float
+	// histogram the *_float counts and *_counts.
+	//
+	// Types that are valid to be assigned to Count:
+	//
+	//	*Histogram_CountInt
+	//	*Histogram_CountFloat
+	Count         isHistogram_Count `protobuf_oneof:"count"`
+	Sum           float64           `protobuf:"fixed64,4,opt,name=sum,proto3" json:"sum,omitempty"`
+	Schema        int32             `protobuf:"zigzag32,5,opt,name=schema,proto3" json:"schema,omitempty"`
+	ZeroThreshold float64           `protobuf:"fixed64,6,opt,name=zero_threshold,json=zeroThreshold,proto3" json:"zero_threshold,omitempty"`
+	// Types that are valid to be assigned to ZeroCount:
+	//
+	//	*Histogram_ZeroCountInt
+	//	*Histogram_ZeroCountFloat
+	ZeroCount      isHistogram_ZeroCount `protobuf_oneof:"zero_count"`
+	NegativeSpans  []*BucketSpan         `protobuf:"bytes,9,rep,name=negative_spans,json=negativeSpans,proto3" json:"negative_spans,omitempty"`
+	NegativeDeltas []int64               `protobuf:"zigzag64,10,rep,packed,name=negative_deltas,json=negativeDeltas,proto3" json:"negative_deltas,omitempty"`
+	NegativeCounts []float64             `protobuf:"fixed64,11,rep,packed,name=negative_counts,json=negativeCounts,proto3" json:"negative_counts,omitempty"`
+	PositiveSpans  []*BucketSpan         `protobuf:"bytes,12,rep,name=positive_spans,json=positiveSpans,proto3" json:"positive_spans,omitempty"`
+	PositiveDeltas []int64               `protobuf:"zigzag64,13,rep,packed,name=positive_deltas,json=positiveDeltas,proto3" json:"positive_deltas,omitempty"`
+	PositiveCounts []float64             `protobuf:"fixed64,14,rep,packed,name=positive_counts,json=positiveCounts,proto3" json:"positive_counts,omitempty"`
+	ResetHint      Histogram_ResetHint   `protobuf:"varint,15,opt,name=reset_hint,json=resetHint,proto3,enum=census.v1.Histogram_ResetHint" json:"reset_hint,omitempty"`
+	// Bucket boundaries of custom-bucket histograms (schema -53).
+	CustomValues  []float64 `protobuf:"fixed64,16,rep,packed,name=custom_values,json=customValues,proto3" json:"custom_values,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Histogram) Reset() {
+	*x = Histogram{}
+	mi := &file_census_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Histogram) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Histogram) ProtoMessage() {}
+
+func (x *Histogram) ProtoReflect() protoreflect.Message {
+	mi := &file_census_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Histogram.ProtoReflect.Descriptor instead.
+func (*Histogram) Descriptor() ([]byte, []int) {
+	return file_census_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Histogram) GetTimestampMs() int64 {
+	if x != nil {
+		return x.TimestampMs
+	}
+	return 0
+}
+
+func (x *Histogram) GetCount() isHistogram_Count {
+	if x != nil {
+		return x.Count
+	}
+	return nil
+}
+
+func (x *Histogram) GetCountInt() uint64 {
+	if x != nil {
+		if x, ok := x.Count.(*Histogram_CountInt); ok {
+			return x.CountInt
+		}
+	}
+	return 0
+}
+
+func (x *Histogram) GetCountFloat() float64 {
+	if x != nil {
+		if x, ok := x.Count.(*Histogram_CountFloat); ok {
+			return x.CountFloat
+		}
+	}
+	return 0
+}
+
+func (x *Histogram) GetSum() float64 {
+	if x != nil {
+		return x.Sum
+	}
+	return 0
+}
+
+func (x *Histogram) GetSchema() int32 {
+	if x != nil {
+		return x.Schema
+	}
+	return 0
+}
+
+func (x *Histogram) GetZeroThreshold() float64 {
+	if x != nil {
+		return x.ZeroThreshold
+	}
+	return 0
+}
+
+func (x *Histogram) GetZeroCount() isHistogram_ZeroCount {
+	if x != nil {
+		return x.ZeroCount
+	}
+	return nil
+}
+
+func (x *Histogram) GetZeroCountInt() uint64 {
+	if x != nil {
+		if x, ok := x.ZeroCount.(*Histogram_ZeroCountInt); ok {
+			return x.ZeroCountInt
+		}
+	}
+	return 0
+}
+
+func (x *Histogram) GetZeroCountFloat() float64 {
+	if x != nil {
+		if x, ok := x.ZeroCount.(*Histogram_ZeroCountFloat); ok {
+			return x.ZeroCountFloat
+		}
+	}
+	return 0
+}
+
+func (x *Histogram) GetNegativeSpans() []*BucketSpan {
+	if x != nil {
+		return x.NegativeSpans
+	}
+	return nil
+}
+
+func (x *Histogram) GetNegativeDeltas() []int64 {
+	if x != nil {
+		return x.NegativeDeltas
+	}
+	return nil
+}
+
+func (x *Histogram) GetNegativeCounts() []float64 {
+	if x != nil {
+		return x.NegativeCounts
+	}
+	return nil
+}
+
+func (x *Histogram) GetPositiveSpans() []*BucketSpan {
+	if x != nil {
+		return x.PositiveSpans
+	}
+	return nil
+}
+
+func (x *Histogram) GetPositiveDeltas() []int64 {
+	if x != nil {
+		return x.PositiveDeltas
+	}
+	return nil
+}
+
+func (x *Histogram) GetPositiveCounts() []float64 {
+	if x != nil {
+		return x.PositiveCounts
+	}
+	return nil
+}
+
+func (x *Histogram) GetResetHint() Histogram_ResetHint {
+	if x != nil {
+		return x.ResetHint
+	}
+	return Histogram_UNKNOWN
+}
+
+func (x *Histogram) GetCustomValues() []float64 {
+	if x != nil {
+		return x.CustomValues
+	}
+	return nil
+}
+
+type isHistogram_Count interface {
+	isHistogram_Count()
+}
+
+type Histogram_CountInt struct {
+	CountInt uint64 `protobuf:"varint,2,opt,name=count_int,json=countInt,proto3,oneof"`
+}
+
+type Histogram_CountFloat struct {
+	CountFloat float64 `protobuf:"fixed64,3,opt,name=count_float,json=countFloat,proto3,oneof"`
+}
+
+func (*Histogram_CountInt) isHistogram_Count() {}
+
+func (*Histogram_CountFloat) isHistogram_Count() {}
+
+type isHistogram_ZeroCount interface {
+	isHistogram_ZeroCount()
+}
+
+type Histogram_ZeroCountInt struct {
+	ZeroCountInt uint64 `protobuf:"varint,7,opt,name=zero_count_int,json=zeroCountInt,proto3,oneof"`
+}
+
+type Histogram_ZeroCountFloat struct {
+	ZeroCountFloat float64 `protobuf:"fixed64,8,opt,name=zero_count_float,json=zeroCountFloat,proto3,oneof"`
+}
+
+func (*Histogram_ZeroCountInt) isHistogram_ZeroCount() {}
+
+func (*Histogram_ZeroCountFloat) isHistogram_ZeroCount() {}
+
+// Exemplar is one exemplar of a series.
+type Exemplar struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Labels        []*LabelPair           `protobuf:"bytes,1,rep,name=labels,proto3" json:"labels,omitempty"`
+	Value         float64                `protobuf:"fixed64,2,opt,name=value,proto3" json:"value,omitempty"`
+	TimestampMs   int64                  `protobuf:"varint,3,opt,name=timestamp_ms,json=timestampMs,proto3" json:"timestamp_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Exemplar) Reset() {
+	*x = Exemplar{}
+	mi := &file_census_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Exemplar) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Exemplar) ProtoMessage() {}
+
+func (x *Exemplar) ProtoReflect() protoreflect.Message {
+	mi := &file_census_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Exemplar.ProtoReflect.Descriptor instead.
+func (*Exemplar) Descriptor() ([]byte, []int) {
+	return file_census_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Exemplar) GetLabels() []*LabelPair {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *Exemplar) GetValue() float64 {
+	if x != nil {
+		return x.Value
+	}
+	return 0
+}
+
+func (x *Exemplar) GetTimestampMs() int64 {
+	if x != nil {
+		return x.TimestampMs
+	}
+	return 0
+}
+
+// Metadata describes a series' metric family, as Prometheus' metadata.Metadata.
+type Metadata struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// type is the metric type as Prometheus writes it: counter, gauge,
+	// histogram, gaugehistogram, summary, info, stateset or unknown.
+	Type          string `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
+	Help          string `protobuf:"bytes,2,opt,name=help,proto3" json:"help,omitempty"`
+	Unit          string `protobuf:"bytes,3,opt,name=unit,proto3" json:"unit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Metadata) Reset() {
+	*x = Metadata{}
+	mi := &file_census_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Metadata) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Metadata) ProtoMessage() {}
+
+func (x *Metadata) ProtoReflect() protoreflect.Message {
+	mi := &file_census_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Metadata.ProtoReflect.Descriptor instead.
+func (*Metadata) Descriptor() ([]byte, []int) {
+	return file_census_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *Metadata) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *Metadata) GetHelp() string {
+	if x != nil {
+		return x.Help
+	}
+	return ""
+}
+
+func (x *Metadata) GetUnit() string {
+	if x != nil {
+		return x.Unit
+	}
+	return ""
+}
+
 // TimeSeries is one series and its samples, oldest first.
 type TimeSeries struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Labels are sorted by name, names unique, as Prometheus' labels.Labels.
-	Labels        []*LabelPair `protobuf:"bytes,1,rep,name=labels,proto3" json:"labels,omitempty"`
-	Samples       []*Sample    `protobuf:"bytes,2,rep,name=samples,proto3" json:"samples,omitempty"`
+	Labels     []*LabelPair `protobuf:"bytes,1,rep,name=labels,proto3" json:"labels,omitempty"`
+	Samples    []*Sample    `protobuf:"bytes,2,rep,name=samples,proto3" json:"samples,omitempty"`
+	Histograms []*Histogram `protobuf:"bytes,3,rep,name=histograms,proto3" json:"histograms,omitempty"`
+	Exemplars  []*Exemplar  `protobuf:"bytes,4,rep,name=exemplars,proto3" json:"exemplars,omitempty"`
+	// metadata, when set, is the series' current metadata.
+	Metadata      *Metadata `protobuf:"bytes,5,opt,name=metadata,proto3" json:"metadata,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *TimeSeries) Reset() {
 	*x = TimeSeries{}
-	mi := &file_census_proto_msgTypes[2]
+	mi := &file_census_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -265,7 +730,7 @@ func (x *TimeSeries) String() string {
 func (*TimeSeries) ProtoMessage() {}
 
 func (x *TimeSeries) ProtoReflect() protoreflect.Message {
-	mi := &file_census_proto_msgTypes[2]
+	mi := &file_census_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -278,7 +743,7 @@ func (x *TimeSeries) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TimeSeries.ProtoReflect.Descriptor instead.
 func (*TimeSeries) Descriptor() ([]byte, []int) {
-	return file_census_proto_rawDescGZIP(), []int{2}
+	return file_census_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *TimeSeries) GetLabels() []*LabelPair {
@@ -295,6 +760,27 @@ func (x *TimeSeries) GetSamples() []*Sample {
 	return nil
 }
 
+func (x *TimeSeries) GetHistograms() []*Histogram {
+	if x != nil {
+		return x.Histograms
+	}
+	return nil
+}
+
+func (x *TimeSeries) GetExemplars() []*Exemplar {
+	if x != nil {
+		return x.Exemplars
+	}
+	return nil
+}
+
+func (x *TimeSeries) GetMetadata() *Metadata {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
 // PushRequest is a batch of series for one ingester.
 type PushRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -305,7 +791,7 @@ type PushRequest struct {
 
 func (x *PushRequest) Reset() {
 	*x = PushRequest{}
-	mi := &file_census_proto_msgTypes[3]
+	mi := &file_census_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -317,7 +803,7 @@ func (x *PushRequest) String() string {
 func (*PushRequest) ProtoMessage() {}
 
 func (x *PushRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_census_proto_msgTypes[3]
+	mi := &file_census_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -330,7 +816,7 @@ func (x *PushRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushRequest.ProtoReflect.Descriptor instead.
 func (*PushRequest) Descriptor() ([]byte, []int) {
-	return file_census_proto_rawDescGZIP(), []int{3}
+	return file_census_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *PushRequest) GetSeries() []*TimeSeries {
@@ -340,16 +826,20 @@ func (x *PushRequest) GetSeries() []*TimeSeries {
 	return nil
 }
 
-// PushResponse acknowledges a push.
+// PushResponse says what a push did not store. A push that refused some
+// input still stores the rest, and then fails with InvalidArgument (bad
+// input, time rules) or ResourceExhausted (a limit) carrying this message in
+// its status details.
 type PushResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
+	Rejections    []*Rejection           `protobuf:"bytes,1,rep,name=rejections,proto3" json:"rejections,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PushResponse) Reset() {
 	*x = PushResponse{}
-	mi := &file_census_proto_msgTypes[4]
+	mi := &file_census_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -361,7 +851,7 @@ func (x *PushResponse) String() string {
 func (*PushResponse) ProtoMessage() {}
 
 func (x *PushResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_census_proto_msgTypes[4]
+	mi := &file_census_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -374,7 +864,78 @@ func (x *PushResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushResponse.ProtoReflect.Descriptor instead.
 func (*PushResponse) Descriptor() ([]byte, []int) {
-	return file_census_proto_rawDescGZIP(), []int{4}
+	return file_census_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *PushResponse) GetRejections() []*Rejection {
+	if x != nil {
+		return x.Rejections
+	}
+	return nil
+}
+
+// Rejection counts the samples a push refused for one reason.
+type Rejection struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// reason is the census_discarded_samples_total{reason} label value.
+	Reason  string `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
+	Samples int64  `protobuf:"varint,2,opt,name=samples,proto3" json:"samples,omitempty"`
+	// first_error describes the first refused sample: the rule or the limit
+	// with its value, and the series.
+	FirstError    string `protobuf:"bytes,3,opt,name=first_error,json=firstError,proto3" json:"first_error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Rejection) Reset() {
+	*x = Rejection{}
+	mi := &file_census_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Rejection) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Rejection) ProtoMessage() {}
+
+func (x *Rejection) ProtoReflect() protoreflect.Message {
+	mi := &file_census_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Rejection.ProtoReflect.Descriptor instead.
+func (*Rejection) Descriptor() ([]byte, []int) {
+	return file_census_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *Rejection) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Rejection) GetSamples() int64 {
+	if x != nil {
+		return x.Samples
+	}
+	return 0
+}
+
+func (x *Rejection) GetFirstError() string {
+	if x != nil {
+		return x.FirstError
+	}
+	return ""
 }
 
 // LabelMatcher selects series by one label, as PromQL's matchers.
@@ -389,7 +950,7 @@ type LabelMatcher struct {
 
 func (x *LabelMatcher) Reset() {
 	*x = LabelMatcher{}
-	mi := &file_census_proto_msgTypes[5]
+	mi := &file_census_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -401,7 +962,7 @@ func (x *LabelMatcher) String() string {
 func (*LabelMatcher) ProtoMessage() {}
 
 func (x *LabelMatcher) ProtoReflect() protoreflect.Message {
-	mi := &file_census_proto_msgTypes[5]
+	mi := &file_census_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -414,7 +975,7 @@ func (x *LabelMatcher) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LabelMatcher.ProtoReflect.Descriptor instead.
 func (*LabelMatcher) Descriptor() ([]byte, []int) {
-	return file_census_proto_rawDescGZIP(), []int{5}
+	return file_census_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *LabelMatcher) GetType() LabelMatcher_Type {
@@ -450,7 +1011,7 @@ type QueryStreamRequest struct {
 
 func (x *QueryStreamRequest) Reset() {
 	*x = QueryStreamRequest{}
-	mi := &file_census_proto_msgTypes[6]
+	mi := &file_census_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -462,7 +1023,7 @@ func (x *QueryStreamRequest) String() string {
 func (*QueryStreamRequest) ProtoMessage() {}
 
 func (x *QueryStreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_census_proto_msgTypes[6]
+	mi := &file_census_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -475,7 +1036,7 @@ func (x *QueryStreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryStreamRequest.ProtoReflect.Descriptor instead.
 func (*QueryStreamRequest) Descriptor() ([]byte, []int) {
-	return file_census_proto_rawDescGZIP(), []int{6}
+	return file_census_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *QueryStreamRequest) GetStartMs() int64 {
@@ -512,7 +1073,7 @@ type Chunk struct {
 
 func (x *Chunk) Reset() {
 	*x = Chunk{}
-	mi := &file_census_proto_msgTypes[7]
+	mi := &file_census_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -524,7 +1085,7 @@ func (x *Chunk) String() string {
 func (*Chunk) ProtoMessage() {}
 
 func (x *Chunk) ProtoReflect() protoreflect.Message {
-	mi := &file_census_proto_msgTypes[7]
+	mi := &file_census_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -537,7 +1098,7 @@ func (x *Chunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Chunk.ProtoReflect.Descriptor instead.
 func (*Chunk) Descriptor() ([]byte, []int) {
-	return file_census_proto_rawDescGZIP(), []int{7}
+	return file_census_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Chunk) GetMinTimeMs() int64 {
@@ -579,7 +1140,7 @@ type StreamSeries struct {
 
 func (x *StreamSeries) Reset() {
 	*x = StreamSeries{}
-	mi := &file_census_proto_msgTypes[8]
+	mi := &file_census_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -591,7 +1152,7 @@ func (x *StreamSeries) String() string {
 func (*StreamSeries) ProtoMessage() {}
 
 func (x *StreamSeries) ProtoReflect() protoreflect.Message {
-	mi := &file_census_proto_msgTypes[8]
+	mi := &file_census_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -604,7 +1165,7 @@ func (x *StreamSeries) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamSeries.ProtoReflect.Descriptor instead.
 func (*StreamSeries) Descriptor() ([]byte, []int) {
-	return file_census_proto_rawDescGZIP(), []int{8}
+	return file_census_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *StreamSeries) GetLabels() []*LabelPair {
@@ -632,7 +1193,7 @@ type QueryStreamResponse struct {
 
 func (x *QueryStreamResponse) Reset() {
 	*x = QueryStreamResponse{}
-	mi := &file_census_proto_msgTypes[9]
+	mi := &file_census_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -644,7 +1205,7 @@ func (x *QueryStreamResponse) String() string {
 func (*QueryStreamResponse) ProtoMessage() {}
 
 func (x *QueryStreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_census_proto_msgTypes[9]
+	mi := &file_census_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -657,7 +1218,7 @@ func (x *QueryStreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryStreamResponse.ProtoReflect.Descriptor instead.
 func (*QueryStreamResponse) Descriptor() ([]byte, []int) {
-	return file_census_proto_rawDescGZIP(), []int{9}
+	return file_census_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *QueryStreamResponse) GetSeries() []*StreamSeries {
@@ -680,7 +1241,7 @@ type LabelNamesRequest struct {
 
 func (x *LabelNamesRequest) Reset() {
 	*x = LabelNamesRequest{}
-	mi := &file_census_proto_msgTypes[10]
+	mi := &file_census_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -692,7 +1253,7 @@ func (x *LabelNamesRequest) String() string {
 func (*LabelNamesRequest) ProtoMessage() {}
 
 func (x *LabelNamesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_census_proto_msgTypes[10]
+	mi := &file_census_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -705,7 +1266,7 @@ func (x *LabelNamesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LabelNamesRequest.ProtoReflect.Descriptor instead.
 func (*LabelNamesRequest) Descriptor() ([]byte, []int) {
-	return file_census_proto_rawDescGZIP(), []int{10}
+	return file_census_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *LabelNamesRequest) GetStartMs() int64 {
@@ -745,7 +1306,7 @@ type LabelNamesResponse struct {
 
 func (x *LabelNamesResponse) Reset() {
 	*x = LabelNamesResponse{}
-	mi := &file_census_proto_msgTypes[11]
+	mi := &file_census_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -757,7 +1318,7 @@ func (x *LabelNamesResponse) String() string {
 func (*LabelNamesResponse) ProtoMessage() {}
 
 func (x *LabelNamesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_census_proto_msgTypes[11]
+	mi := &file_census_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -770,7 +1331,7 @@ func (x *LabelNamesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LabelNamesResponse.ProtoReflect.Descriptor instead.
 func (*LabelNamesResponse) Descriptor() ([]byte, []int) {
-	return file_census_proto_rawDescGZIP(), []int{11}
+	return file_census_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *LabelNamesResponse) GetNames() []string {
@@ -794,7 +1355,7 @@ type LabelValuesRequest struct {
 
 func (x *LabelValuesRequest) Reset() {
 	*x = LabelValuesRequest{}
-	mi := &file_census_proto_msgTypes[12]
+	mi := &file_census_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -806,7 +1367,7 @@ func (x *LabelValuesRequest) String() string {
 func (*LabelValuesRequest) ProtoMessage() {}
 
 func (x *LabelValuesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_census_proto_msgTypes[12]
+	mi := &file_census_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -819,7 +1380,7 @@ func (x *LabelValuesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LabelValuesRequest.ProtoReflect.Descriptor instead.
 func (*LabelValuesRequest) Descriptor() ([]byte, []int) {
-	return file_census_proto_rawDescGZIP(), []int{12}
+	return file_census_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *LabelValuesRequest) GetName() string {
@@ -866,7 +1427,7 @@ type LabelValuesResponse struct {
 
 func (x *LabelValuesResponse) Reset() {
 	*x = LabelValuesResponse{}
-	mi := &file_census_proto_msgTypes[13]
+	mi := &file_census_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -878,7 +1439,7 @@ func (x *LabelValuesResponse) String() string {
 func (*LabelValuesResponse) ProtoMessage() {}
 
 func (x *LabelValuesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_census_proto_msgTypes[13]
+	mi := &file_census_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -891,7 +1452,7 @@ func (x *LabelValuesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LabelValuesResponse.ProtoReflect.Descriptor instead.
 func (*LabelValuesResponse) Descriptor() ([]byte, []int) {
-	return file_census_proto_rawDescGZIP(), []int{13}
+	return file_census_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *LabelValuesResponse) GetValues() []string {
@@ -914,7 +1475,7 @@ type SeriesRequest struct {
 
 func (x *SeriesRequest) Reset() {
 	*x = SeriesRequest{}
-	mi := &file_census_proto_msgTypes[14]
+	mi := &file_census_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -926,7 +1487,7 @@ func (x *SeriesRequest) String() string {
 func (*SeriesRequest) ProtoMessage() {}
 
 func (x *SeriesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_census_proto_msgTypes[14]
+	mi := &file_census_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -939,7 +1500,7 @@ func (x *SeriesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SeriesRequest.ProtoReflect.Descriptor instead.
 func (*SeriesRequest) Descriptor() ([]byte, []int) {
-	return file_census_proto_rawDescGZIP(), []int{14}
+	return file_census_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SeriesRequest) GetStartMs() int64 {
@@ -980,7 +1541,7 @@ type SeriesLabels struct {
 
 func (x *SeriesLabels) Reset() {
 	*x = SeriesLabels{}
-	mi := &file_census_proto_msgTypes[15]
+	mi := &file_census_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -992,7 +1553,7 @@ func (x *SeriesLabels) String() string {
 func (*SeriesLabels) ProtoMessage() {}
 
 func (x *SeriesLabels) ProtoReflect() protoreflect.Message {
-	mi := &file_census_proto_msgTypes[15]
+	mi := &file_census_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1005,7 +1566,7 @@ func (x *SeriesLabels) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SeriesLabels.ProtoReflect.Descriptor instead.
 func (*SeriesLabels) Descriptor() ([]byte, []int) {
-	return file_census_proto_rawDescGZIP(), []int{15}
+	return file_census_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SeriesLabels) GetLabels() []*LabelPair {
@@ -1024,7 +1585,7 @@ type SeriesResponse struct {
 
 func (x *SeriesResponse) Reset() {
 	*x = SeriesResponse{}
-	mi := &file_census_proto_msgTypes[16]
+	mi := &file_census_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1036,7 +1597,7 @@ func (x *SeriesResponse) String() string {
 func (*SeriesResponse) ProtoMessage() {}
 
 func (x *SeriesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_census_proto_msgTypes[16]
+	mi := &file_census_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1049,12 +1610,598 @@ func (x *SeriesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SeriesResponse.ProtoReflect.Descriptor instead.
 func (*SeriesResponse) Descriptor() ([]byte, []int) {
-	return file_census_proto_rawDescGZIP(), []int{16}
+	return file_census_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SeriesResponse) GetSeries() []*SeriesLabels {
 	if x != nil {
 		return x.Series
+	}
+	return nil
+}
+
+// ExemplarsRequest selects exemplars like Prometheus' /api/v1/query_exemplars:
+// the series matching any of the matcher sets.
+type ExemplarsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	StartMs       int64                  `protobuf:"varint,1,opt,name=start_ms,json=startMs,proto3" json:"start_ms,omitempty"`
+	EndMs         int64                  `protobuf:"varint,2,opt,name=end_ms,json=endMs,proto3" json:"end_ms,omitempty"`
+	MatcherSets   []*MatcherSet          `protobuf:"bytes,3,rep,name=matcher_sets,json=matcherSets,proto3" json:"matcher_sets,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExemplarsRequest) Reset() {
+	*x = ExemplarsRequest{}
+	mi := &file_census_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExemplarsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExemplarsRequest) ProtoMessage() {}
+
+func (x *ExemplarsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_census_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExemplarsRequest.ProtoReflect.Descriptor instead.
+func (*ExemplarsRequest) Descriptor() ([]byte, []int) {
+	return file_census_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *ExemplarsRequest) GetStartMs() int64 {
+	if x != nil {
+		return x.StartMs
+	}
+	return 0
+}
+
+func (x *ExemplarsRequest) GetEndMs() int64 {
+	if x != nil {
+		return x.EndMs
+	}
+	return 0
+}
+
+func (x *ExemplarsRequest) GetMatcherSets() []*MatcherSet {
+	if x != nil {
+		return x.MatcherSets
+	}
+	return nil
+}
+
+// MatcherSet is one selector: a series must match every matcher.
+type MatcherSet struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Matchers      []*LabelMatcher        `protobuf:"bytes,1,rep,name=matchers,proto3" json:"matchers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MatcherSet) Reset() {
+	*x = MatcherSet{}
+	mi := &file_census_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MatcherSet) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MatcherSet) ProtoMessage() {}
+
+func (x *MatcherSet) ProtoReflect() protoreflect.Message {
+	mi := &file_census_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MatcherSet.ProtoReflect.Descriptor instead.
+func (*MatcherSet) Descriptor() ([]byte, []int) {
+	return file_census_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *MatcherSet) GetMatchers() []*LabelMatcher {
+	if x != nil {
+		return x.Matchers
+	}
+	return nil
+}
+
+// SeriesExemplars is one series and its exemplars, oldest first.
+type SeriesExemplars struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Labels        []*LabelPair           `protobuf:"bytes,1,rep,name=labels,proto3" json:"labels,omitempty"`
+	Exemplars     []*Exemplar            `protobuf:"bytes,2,rep,name=exemplars,proto3" json:"exemplars,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SeriesExemplars) Reset() {
+	*x = SeriesExemplars{}
+	mi := &file_census_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SeriesExemplars) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SeriesExemplars) ProtoMessage() {}
+
+func (x *SeriesExemplars) ProtoReflect() protoreflect.Message {
+	mi := &file_census_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SeriesExemplars.ProtoReflect.Descriptor instead.
+func (*SeriesExemplars) Descriptor() ([]byte, []int) {
+	return file_census_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *SeriesExemplars) GetLabels() []*LabelPair {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *SeriesExemplars) GetExemplars() []*Exemplar {
+	if x != nil {
+		return x.Exemplars
+	}
+	return nil
+}
+
+type ExemplarsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Series        []*SeriesExemplars     `protobuf:"bytes,1,rep,name=series,proto3" json:"series,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExemplarsResponse) Reset() {
+	*x = ExemplarsResponse{}
+	mi := &file_census_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExemplarsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExemplarsResponse) ProtoMessage() {}
+
+func (x *ExemplarsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_census_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExemplarsResponse.ProtoReflect.Descriptor instead.
+func (*ExemplarsResponse) Descriptor() ([]byte, []int) {
+	return file_census_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *ExemplarsResponse) GetSeries() []*SeriesExemplars {
+	if x != nil {
+		return x.Series
+	}
+	return nil
+}
+
+type MetricsMetadataRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// metric restricts the answer to one metric family; empty means all.
+	Metric string `protobuf:"bytes,1,opt,name=metric,proto3" json:"metric,omitempty"`
+	// limit caps the number of metric families; 0 means no limit.
+	Limit int64 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	// limit_per_metric caps the metadata entries per family; 0 means no limit.
+	LimitPerMetric int64 `protobuf:"varint,3,opt,name=limit_per_metric,json=limitPerMetric,proto3" json:"limit_per_metric,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *MetricsMetadataRequest) Reset() {
+	*x = MetricsMetadataRequest{}
+	mi := &file_census_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MetricsMetadataRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MetricsMetadataRequest) ProtoMessage() {}
+
+func (x *MetricsMetadataRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_census_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MetricsMetadataRequest.ProtoReflect.Descriptor instead.
+func (*MetricsMetadataRequest) Descriptor() ([]byte, []int) {
+	return file_census_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *MetricsMetadataRequest) GetMetric() string {
+	if x != nil {
+		return x.Metric
+	}
+	return ""
+}
+
+func (x *MetricsMetadataRequest) GetLimit() int64 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *MetricsMetadataRequest) GetLimitPerMetric() int64 {
+	if x != nil {
+		return x.LimitPerMetric
+	}
+	return 0
+}
+
+// MetricMetadata is one metadata entry of a metric family.
+type MetricMetadata struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	MetricFamily  string                 `protobuf:"bytes,1,opt,name=metric_family,json=metricFamily,proto3" json:"metric_family,omitempty"`
+	Metadata      *Metadata              `protobuf:"bytes,2,opt,name=metadata,proto3" json:"metadata,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MetricMetadata) Reset() {
+	*x = MetricMetadata{}
+	mi := &file_census_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MetricMetadata) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MetricMetadata) ProtoMessage() {}
+
+func (x *MetricMetadata) ProtoReflect() protoreflect.Message {
+	mi := &file_census_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MetricMetadata.ProtoReflect.Descriptor instead.
+func (*MetricMetadata) Descriptor() ([]byte, []int) {
+	return file_census_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *MetricMetadata) GetMetricFamily() string {
+	if x != nil {
+		return x.MetricFamily
+	}
+	return ""
+}
+
+func (x *MetricMetadata) GetMetadata() *Metadata {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
+type MetricsMetadataResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Metadata      []*MetricMetadata      `protobuf:"bytes,1,rep,name=metadata,proto3" json:"metadata,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MetricsMetadataResponse) Reset() {
+	*x = MetricsMetadataResponse{}
+	mi := &file_census_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MetricsMetadataResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MetricsMetadataResponse) ProtoMessage() {}
+
+func (x *MetricsMetadataResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_census_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MetricsMetadataResponse.ProtoReflect.Descriptor instead.
+func (*MetricsMetadataResponse) Descriptor() ([]byte, []int) {
+	return file_census_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *MetricsMetadataResponse) GetMetadata() []*MetricMetadata {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
+type TSDBStatsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// limit caps each list of the answer.
+	Limit int64 `protobuf:"varint,1,opt,name=limit,proto3" json:"limit,omitempty"`
+	// label_name is the label whose values cardinality_metrics counts
+	// series by, as Prometheus' Stats(statsByLabelName); empty means __name__.
+	LabelName     string `protobuf:"bytes,2,opt,name=label_name,json=labelName,proto3" json:"label_name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TSDBStatsRequest) Reset() {
+	*x = TSDBStatsRequest{}
+	mi := &file_census_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TSDBStatsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TSDBStatsRequest) ProtoMessage() {}
+
+func (x *TSDBStatsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_census_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TSDBStatsRequest.ProtoReflect.Descriptor instead.
+func (*TSDBStatsRequest) Descriptor() ([]byte, []int) {
+	return file_census_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *TSDBStatsRequest) GetLimit() int64 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *TSDBStatsRequest) GetLabelName() string {
+	if x != nil {
+		return x.LabelName
+	}
+	return ""
+}
+
+// Stat is one entry of a cardinality list.
+type Stat struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Count         uint64                 `protobuf:"varint,2,opt,name=count,proto3" json:"count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Stat) Reset() {
+	*x = Stat{}
+	mi := &file_census_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Stat) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Stat) ProtoMessage() {}
+
+func (x *Stat) ProtoReflect() protoreflect.Message {
+	mi := &file_census_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Stat.ProtoReflect.Descriptor instead.
+func (*Stat) Descriptor() ([]byte, []int) {
+	return file_census_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *Stat) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Stat) GetCount() uint64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+// TSDBStatsResponse mirrors Prometheus' tsdb.Stats and its
+// index.PostingsStats for the ingester's head.
+type TSDBStatsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NumSeries     uint64                 `protobuf:"varint,1,opt,name=num_series,json=numSeries,proto3" json:"num_series,omitempty"`
+	MinTimeMs     int64                  `protobuf:"varint,2,opt,name=min_time_ms,json=minTimeMs,proto3" json:"min_time_ms,omitempty"`
+	MaxTimeMs     int64                  `protobuf:"varint,3,opt,name=max_time_ms,json=maxTimeMs,proto3" json:"max_time_ms,omitempty"`
+	NumLabelPairs int64                  `protobuf:"varint,4,opt,name=num_label_pairs,json=numLabelPairs,proto3" json:"num_label_pairs,omitempty"`
+	ChunkCount    int64                  `protobuf:"varint,5,opt,name=chunk_count,json=chunkCount,proto3" json:"chunk_count,omitempty"`
+	// Series count by metric name.
+	CardinalityMetrics []*Stat `protobuf:"bytes,6,rep,name=cardinality_metrics,json=cardinalityMetrics,proto3" json:"cardinality_metrics,omitempty"`
+	// Value count by label name.
+	CardinalityLabels []*Stat `protobuf:"bytes,7,rep,name=cardinality_labels,json=cardinalityLabels,proto3" json:"cardinality_labels,omitempty"`
+	// Bytes of label values by label name.
+	LabelValueBytes []*Stat `protobuf:"bytes,8,rep,name=label_value_bytes,json=labelValueBytes,proto3" json:"label_value_bytes,omitempty"`
+	// Series count by label name=value pair.
+	LabelValuePairs []*Stat `protobuf:"bytes,9,rep,name=label_value_pairs,json=labelValuePairs,proto3" json:"label_value_pairs,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *TSDBStatsResponse) Reset() {
+	*x = TSDBStatsResponse{}
+	mi := &file_census_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TSDBStatsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TSDBStatsResponse) ProtoMessage() {}
+
+func (x *TSDBStatsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_census_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TSDBStatsResponse.ProtoReflect.Descriptor instead.
+func (*TSDBStatsResponse) Descriptor() ([]byte, []int) {
+	return file_census_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *TSDBStatsResponse) GetNumSeries() uint64 {
+	if x != nil {
+		return x.NumSeries
+	}
+	return 0
+}
+
+func (x *TSDBStatsResponse) GetMinTimeMs() int64 {
+	if x != nil {
+		return x.MinTimeMs
+	}
+	return 0
+}
+
+func (x *TSDBStatsResponse) GetMaxTimeMs() int64 {
+	if x != nil {
+		return x.MaxTimeMs
+	}
+	return 0
+}
+
+func (x *TSDBStatsResponse) GetNumLabelPairs() int64 {
+	if x != nil {
+		return x.NumLabelPairs
+	}
+	return 0
+}
+
+func (x *TSDBStatsResponse) GetChunkCount() int64 {
+	if x != nil {
+		return x.ChunkCount
+	}
+	return 0
+}
+
+func (x *TSDBStatsResponse) GetCardinalityMetrics() []*Stat {
+	if x != nil {
+		return x.CardinalityMetrics
+	}
+	return nil
+}
+
+func (x *TSDBStatsResponse) GetCardinalityLabels() []*Stat {
+	if x != nil {
+		return x.CardinalityLabels
+	}
+	return nil
+}
+
+func (x *TSDBStatsResponse) GetLabelValueBytes() []*Stat {
+	if x != nil {
+		return x.LabelValueBytes
+	}
+	return nil
+}
+
+func (x *TSDBStatsResponse) GetLabelValuePairs() []*Stat {
+	if x != nil {
+		return x.LabelValuePairs
 	}
 	return nil
 }
@@ -1069,15 +2216,67 @@ const file_census_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\fR\x05value\"A\n" +
 	"\x06Sample\x12!\n" +
 	"\ftimestamp_ms\x18\x01 \x01(\x03R\vtimestampMs\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x01R\x05value\"\x9a\x01\n" +
+	"\x05value\x18\x02 \x01(\x01R\x05value\"<\n" +
+	"\n" +
+	"BucketSpan\x12\x16\n" +
+	"\x06offset\x18\x01 \x01(\x11R\x06offset\x12\x16\n" +
+	"\x06length\x18\x02 \x01(\rR\x06length\"\xe6\x05\n" +
+	"\tHistogram\x12!\n" +
+	"\ftimestamp_ms\x18\x01 \x01(\x03R\vtimestampMs\x12\x1d\n" +
+	"\tcount_int\x18\x02 \x01(\x04H\x00R\bcountInt\x12!\n" +
+	"\vcount_float\x18\x03 \x01(\x01H\x00R\n" +
+	"countFloat\x12\x10\n" +
+	"\x03sum\x18\x04 \x01(\x01R\x03sum\x12\x16\n" +
+	"\x06schema\x18\x05 \x01(\x11R\x06schema\x12%\n" +
+	"\x0ezero_threshold\x18\x06 \x01(\x01R\rzeroThreshold\x12&\n" +
+	"\x0ezero_count_int\x18\a \x01(\x04H\x01R\fzeroCountInt\x12*\n" +
+	"\x10zero_count_float\x18\b \x01(\x01H\x01R\x0ezeroCountFloat\x12<\n" +
+	"\x0enegative_spans\x18\t \x03(\v2\x15.census.v1.BucketSpanR\rnegativeSpans\x12'\n" +
+	"\x0fnegative_deltas\x18\n" +
+	" \x03(\x12R\x0enegativeDeltas\x12'\n" +
+	"\x0fnegative_counts\x18\v \x03(\x01R\x0enegativeCounts\x12<\n" +
+	"\x0epositive_spans\x18\f \x03(\v2\x15.census.v1.BucketSpanR\rpositiveSpans\x12'\n" +
+	"\x0fpositive_deltas\x18\r \x03(\x12R\x0epositiveDeltas\x12'\n" +
+	"\x0fpositive_counts\x18\x0e \x03(\x01R\x0epositiveCounts\x12=\n" +
+	"\n" +
+	"reset_hint\x18\x0f \x01(\x0e2\x1e.census.v1.Histogram.ResetHintR\tresetHint\x12#\n" +
+	"\rcustom_values\x18\x10 \x03(\x01R\fcustomValues\"4\n" +
+	"\tResetHint\x12\v\n" +
+	"\aUNKNOWN\x10\x00\x12\a\n" +
+	"\x03YES\x10\x01\x12\x06\n" +
+	"\x02NO\x10\x02\x12\t\n" +
+	"\x05GAUGE\x10\x03B\a\n" +
+	"\x05countB\f\n" +
+	"\n" +
+	"zero_count\"q\n" +
+	"\bExemplar\x12,\n" +
+	"\x06labels\x18\x01 \x03(\v2\x14.census.v1.LabelPairR\x06labels\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x01R\x05value\x12!\n" +
+	"\ftimestamp_ms\x18\x03 \x01(\x03R\vtimestampMs\"F\n" +
+	"\bMetadata\x12\x12\n" +
+	"\x04type\x18\x01 \x01(\tR\x04type\x12\x12\n" +
+	"\x04help\x18\x02 \x01(\tR\x04help\x12\x12\n" +
+	"\x04unit\x18\x03 \x01(\tR\x04unit\"\x81\x02\n" +
 	"\n" +
 	"TimeSeries\x12,\n" +
 	"\x06labels\x18\x01 \x03(\v2\x14.census.v1.LabelPairR\x06labels\x12+\n" +
-	"\asamples\x18\x02 \x03(\v2\x11.census.v1.SampleR\asamplesJ\x04\b\x03\x10\x04J\x04\b\x04\x10\x05J\x04\b\x05\x10\x06R\n" +
-	"histogramsR\texemplarsR\bmetadata\"<\n" +
+	"\asamples\x18\x02 \x03(\v2\x11.census.v1.SampleR\asamples\x124\n" +
+	"\n" +
+	"histograms\x18\x03 \x03(\v2\x14.census.v1.HistogramR\n" +
+	"histograms\x121\n" +
+	"\texemplars\x18\x04 \x03(\v2\x13.census.v1.ExemplarR\texemplars\x12/\n" +
+	"\bmetadata\x18\x05 \x01(\v2\x13.census.v1.MetadataR\bmetadata\"<\n" +
 	"\vPushRequest\x12-\n" +
-	"\x06series\x18\x01 \x03(\v2\x15.census.v1.TimeSeriesR\x06series\"\x1a\n" +
-	"\fPushResponseJ\x04\b\x01\x10\x02J\x04\b\x02\x10\x03\"\x94\x01\n" +
+	"\x06series\x18\x01 \x03(\v2\x15.census.v1.TimeSeriesR\x06series\"D\n" +
+	"\fPushResponse\x124\n" +
+	"\n" +
+	"rejections\x18\x01 \x03(\v2\x14.census.v1.RejectionR\n" +
+	"rejections\"^\n" +
+	"\tRejection\x12\x16\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\x12\x18\n" +
+	"\asamples\x18\x02 \x01(\x03R\asamples\x12\x1f\n" +
+	"\vfirst_error\x18\x03 \x01(\tR\n" +
+	"firstError\"\x94\x01\n" +
 	"\fLabelMatcher\x120\n" +
 	"\x04type\x18\x01 \x01(\x0e2\x1c.census.v1.LabelMatcher.TypeR\x04type\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
@@ -1129,14 +2328,57 @@ const file_census_proto_rawDesc = "" +
 	"\fSeriesLabels\x12,\n" +
 	"\x06labels\x18\x01 \x03(\v2\x14.census.v1.LabelPairR\x06labels\"A\n" +
 	"\x0eSeriesResponse\x12/\n" +
-	"\x06series\x18\x01 \x03(\v2\x17.census.v1.SeriesLabelsR\x06series2\xeb\x02\n" +
+	"\x06series\x18\x01 \x03(\v2\x17.census.v1.SeriesLabelsR\x06series\"~\n" +
+	"\x10ExemplarsRequest\x12\x19\n" +
+	"\bstart_ms\x18\x01 \x01(\x03R\astartMs\x12\x15\n" +
+	"\x06end_ms\x18\x02 \x01(\x03R\x05endMs\x128\n" +
+	"\fmatcher_sets\x18\x03 \x03(\v2\x15.census.v1.MatcherSetR\vmatcherSets\"A\n" +
+	"\n" +
+	"MatcherSet\x123\n" +
+	"\bmatchers\x18\x01 \x03(\v2\x17.census.v1.LabelMatcherR\bmatchers\"r\n" +
+	"\x0fSeriesExemplars\x12,\n" +
+	"\x06labels\x18\x01 \x03(\v2\x14.census.v1.LabelPairR\x06labels\x121\n" +
+	"\texemplars\x18\x02 \x03(\v2\x13.census.v1.ExemplarR\texemplars\"G\n" +
+	"\x11ExemplarsResponse\x122\n" +
+	"\x06series\x18\x01 \x03(\v2\x1a.census.v1.SeriesExemplarsR\x06series\"p\n" +
+	"\x16MetricsMetadataRequest\x12\x16\n" +
+	"\x06metric\x18\x01 \x01(\tR\x06metric\x12\x14\n" +
+	"\x05limit\x18\x02 \x01(\x03R\x05limit\x12(\n" +
+	"\x10limit_per_metric\x18\x03 \x01(\x03R\x0elimitPerMetric\"f\n" +
+	"\x0eMetricMetadata\x12#\n" +
+	"\rmetric_family\x18\x01 \x01(\tR\fmetricFamily\x12/\n" +
+	"\bmetadata\x18\x02 \x01(\v2\x13.census.v1.MetadataR\bmetadata\"P\n" +
+	"\x17MetricsMetadataResponse\x125\n" +
+	"\bmetadata\x18\x01 \x03(\v2\x19.census.v1.MetricMetadataR\bmetadata\"G\n" +
+	"\x10TSDBStatsRequest\x12\x14\n" +
+	"\x05limit\x18\x01 \x01(\x03R\x05limit\x12\x1d\n" +
+	"\n" +
+	"label_name\x18\x02 \x01(\tR\tlabelName\"0\n" +
+	"\x04Stat\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05count\x18\x02 \x01(\x04R\x05count\"\xb7\x03\n" +
+	"\x11TSDBStatsResponse\x12\x1d\n" +
+	"\n" +
+	"num_series\x18\x01 \x01(\x04R\tnumSeries\x12\x1e\n" +
+	"\vmin_time_ms\x18\x02 \x01(\x03R\tminTimeMs\x12\x1e\n" +
+	"\vmax_time_ms\x18\x03 \x01(\x03R\tmaxTimeMs\x12&\n" +
+	"\x0fnum_label_pairs\x18\x04 \x01(\x03R\rnumLabelPairs\x12\x1f\n" +
+	"\vchunk_count\x18\x05 \x01(\x03R\n" +
+	"chunkCount\x12@\n" +
+	"\x13cardinality_metrics\x18\x06 \x03(\v2\x0f.census.v1.StatR\x12cardinalityMetrics\x12>\n" +
+	"\x12cardinality_labels\x18\a \x03(\v2\x0f.census.v1.StatR\x11cardinalityLabels\x12;\n" +
+	"\x11label_value_bytes\x18\b \x03(\v2\x0f.census.v1.StatR\x0flabelValueBytes\x12;\n" +
+	"\x11label_value_pairs\x18\t \x03(\v2\x0f.census.v1.StatR\x0flabelValuePairs2\xda\x04\n" +
 	"\bIngester\x127\n" +
 	"\x04Push\x12\x16.census.v1.PushRequest\x1a\x17.census.v1.PushResponse\x12N\n" +
 	"\vQueryStream\x12\x1d.census.v1.QueryStreamRequest\x1a\x1e.census.v1.QueryStreamResponse0\x01\x12I\n" +
 	"\n" +
 	"LabelNames\x12\x1c.census.v1.LabelNamesRequest\x1a\x1d.census.v1.LabelNamesResponse\x12L\n" +
 	"\vLabelValues\x12\x1d.census.v1.LabelValuesRequest\x1a\x1e.census.v1.LabelValuesResponse\x12=\n" +
-	"\x06Series\x12\x18.census.v1.SeriesRequest\x1a\x19.census.v1.SeriesResponseB1Z/github.com/census-metrics/census/proto;censuspbb\x06proto3"
+	"\x06Series\x12\x18.census.v1.SeriesRequest\x1a\x19.census.v1.SeriesResponse\x12K\n" +
+	"\x0eQueryExemplars\x12\x1b.census.v1.ExemplarsRequest\x1a\x1c.census.v1.ExemplarsResponse\x12X\n" +
+	"\x0fMetricsMetadata\x12!.census.v1.MetricsMetadataRequest\x1a\".census.v1.MetricsMetadataResponse\x12F\n" +
+	"\tTSDBStats\x12\x1b.census.v1.TSDBStatsRequest\x1a\x1c.census.v1.TSDBStatsResponseB1Z/github.com/census-metrics/census/proto;censuspbb\x06proto3"
 
 var (
 	file_census_proto_rawDescOnce sync.Once
@@ -1150,59 +2392,100 @@ func file_census_proto_rawDescGZIP() []byte {
 	return file_census_proto_rawDescData
 }
 
-var file_census_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_census_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_census_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_census_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_census_proto_goTypes = []any{
-	(LabelMatcher_Type)(0),      // 0: census.v1.LabelMatcher.Type
-	(Chunk_Encoding)(0),         // 1: census.v1.Chunk.Encoding
-	(*LabelPair)(nil),           // 2: census.v1.LabelPair
-	(*Sample)(nil),              // 3: census.v1.Sample
-	(*TimeSeries)(nil),          // 4: census.v1.TimeSeries
-	(*PushRequest)(nil),         // 5: census.v1.PushRequest
-	(*PushResponse)(nil),        // 6: census.v1.PushResponse
-	(*LabelMatcher)(nil),        // 7: census.v1.LabelMatcher
-	(*QueryStreamRequest)(nil),  // 8: census.v1.QueryStreamRequest
-	(*Chunk)(nil),               // 9: census.v1.Chunk
-	(*StreamSeries)(nil),        // 10: census.v1.StreamSeries
-	(*QueryStreamResponse)(nil), // 11: census.v1.QueryStreamResponse
-	(*LabelNamesRequest)(nil),   // 12: census.v1.LabelNamesRequest
-	(*LabelNamesResponse)(nil),  // 13: census.v1.LabelNamesResponse
-	(*LabelValuesRequest)(nil),  // 14: census.v1.LabelValuesRequest
-	(*LabelValuesResponse)(nil), // 15: census.v1.LabelValuesResponse
-	(*SeriesRequest)(nil),       // 16: census.v1.SeriesRequest
-	(*SeriesLabels)(nil),        // 17: census.v1.SeriesLabels
-	(*SeriesResponse)(nil),      // 18: census.v1.SeriesResponse
+	(Histogram_ResetHint)(0),        // 0: census.v1.Histogram.ResetHint
+	(LabelMatcher_Type)(0),          // 1: census.v1.LabelMatcher.Type
+	(Chunk_Encoding)(0),             // 2: census.v1.Chunk.Encoding
+	(*LabelPair)(nil),               // 3: census.v1.LabelPair
+	(*Sample)(nil),                  // 4: census.v1.Sample
+	(*BucketSpan)(nil),              // 5: census.v1.BucketSpan
+	(*Histogram)(nil),               // 6: census.v1.Histogram
+	(*Exemplar)(nil),                // 7: census.v1.Exemplar
+	(*Metadata)(nil),                // 8: census.v1.Metadata
+	(*TimeSeries)(nil),              // 9: census.v1.TimeSeries
+	(*PushRequest)(nil),             // 10: census.v1.PushRequest
+	(*PushResponse)(nil),            // 11: census.v1.PushResponse
+	(*Rejection)(nil),               // 12: census.v1.Rejection
+	(*LabelMatcher)(nil),            // 13: census.v1.LabelMatcher
+	(*QueryStreamRequest)(nil),      // 14: census.v1.QueryStreamRequest
+	(*Chunk)(nil),                   // 15: census.v1.Chunk
+	(*StreamSeries)(nil),            // 16: census.v1.StreamSeries
+	(*QueryStreamResponse)(nil),     // 17: census.v1.QueryStreamResponse
+	(*LabelNamesRequest)(nil),       // 18: census.v1.LabelNamesRequest
+	(*LabelNamesResponse)(nil),      // 19: census.v1.LabelNamesResponse
+	(*LabelValuesRequest)(nil),      // 20: census.v1.LabelValuesRequest
+	(*LabelValuesResponse)(nil),     // 21: census.v1.LabelValuesResponse
+	(*SeriesRequest)(nil),           // 22: census.v1.SeriesRequest
+	(*SeriesLabels)(nil),            // 23: census.v1.SeriesLabels
+	(*SeriesResponse)(nil),          // 24: census.v1.SeriesResponse
+	(*ExemplarsRequest)(nil),        // 25: census.v1.ExemplarsRequest
+	(*MatcherSet)(nil),              // 26: census.v1.MatcherSet
+	(*SeriesExemplars)(nil),         // 27: census.v1.SeriesExemplars
+	(*ExemplarsResponse)(nil),       // 28: census.v1.ExemplarsResponse
+	(*MetricsMetadataRequest)(nil),  // 29: census.v1.MetricsMetadataRequest
+	(*MetricMetadata)(nil),          // 30: census.v1.MetricMetadata
+	(*MetricsMetadataResponse)(nil), // 31: census.v1.MetricsMetadataResponse
+	(*TSDBStatsRequest)(nil),        // 32: census.v1.TSDBStatsRequest
+	(*Stat)(nil),                    // 33: census.v1.Stat
+	(*TSDBStatsResponse)(nil),       // 34: census.v1.TSDBStatsResponse
 }
 var file_census_proto_depIdxs = []int32{
-	2,  // 0: census.v1.TimeSeries.labels:type_name -> census.v1.LabelPair
-	3,  // 1: census.v1.TimeSeries.samples:type_name -> census.v1.Sample
-	4,  // 2: census.v1.PushRequest.series:type_name -> census.v1.TimeSeries
-	0,  // 3: census.v1.LabelMatcher.type:type_name -> census.v1.LabelMatcher.Type
-	7,  // 4: census.v1.QueryStreamRequest.matchers:type_name -> census.v1.LabelMatcher
-	1,  // 5: census.v1.Chunk.encoding:type_name -> census.v1.Chunk.Encoding
-	2,  // 6: census.v1.StreamSeries.labels:type_name -> census.v1.LabelPair
-	9,  // 7: census.v1.StreamSeries.chunks:type_name -> census.v1.Chunk
-	10, // 8: census.v1.QueryStreamResponse.series:type_name -> census.v1.StreamSeries
-	7,  // 9: census.v1.LabelNamesRequest.matchers:type_name -> census.v1.LabelMatcher
-	7,  // 10: census.v1.LabelValuesRequest.matchers:type_name -> census.v1.LabelMatcher
-	7,  // 11: census.v1.SeriesRequest.matchers:type_name -> census.v1.LabelMatcher
-	2,  // 12: census.v1.SeriesLabels.labels:type_name -> census.v1.LabelPair
-	17, // 13: census.v1.SeriesResponse.series:type_name -> census.v1.SeriesLabels
-	5,  // 14: census.v1.Ingester.Push:input_type -> census.v1.PushRequest
-	8,  // 15: census.v1.Ingester.QueryStream:input_type -> census.v1.QueryStreamRequest
-	12, // 16: census.v1.Ingester.LabelNames:input_type -> census.v1.LabelNamesRequest
-	14, // 17: census.v1.Ingester.LabelValues:input_type -> census.v1.LabelValuesRequest
-	16, // 18: census.v1.Ingester.Series:input_type -> census.v1.SeriesRequest
-	6,  // 19: census.v1.Ingester.Push:output_type -> census.v1.PushResponse
-	11, // 20: census.v1.Ingester.QueryStream:output_type -> census.v1.QueryStreamResponse
-	13, // 21: census.v1.Ingester.LabelNames:output_type -> census.v1.LabelNamesResponse
-	15, // 22: census.v1.Ingester.LabelValues:output_type -> census.v1.LabelValuesResponse
-	18, // 23: census.v1.Ingester.Series:output_type -> census.v1.SeriesResponse
-	19, // [19:24] is the sub-list for method output_type
-	14, // [14:19] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	5,  // 0: census.v1.Histogram.negative_spans:type_name -> census.v1.BucketSpan
+	5,  // 1: census.v1.Histogram.positive_spans:type_name -> census.v1.BucketSpan
+	0,  // 2: census.v1.Histogram.reset_hint:type_name -> census.v1.Histogram.ResetHint
+	3,  // 3: census.v1.Exemplar.labels:type_name -> census.v1.LabelPair
+	3,  // 4: census.v1.TimeSeries.labels:type_name -> census.v1.LabelPair
+	4,  // 5: census.v1.TimeSeries.samples:type_name -> census.v1.Sample
+	6,  // 6: census.v1.TimeSeries.histograms:type_name -> census.v1.Histogram
+	7,  // 7: census.v1.TimeSeries.exemplars:type_name -> census.v1.Exemplar
+	8,  // 8: census.v1.TimeSeries.metadata:type_name -> census.v1.Metadata
+	9,  // 9: census.v1.PushRequest.series:type_name -> census.v1.TimeSeries
+	12, // 10: census.v1.PushResponse.rejections:type_name -> census.v1.Rejection
+	1,  // 11: census.v1.LabelMatcher.type:type_name -> census.v1.LabelMatcher.Type
+	13, // 12: census.v1.QueryStreamRequest.matchers:type_name -> census.v1.LabelMatcher
+	2,  // 13: census.v1.Chunk.encoding:type_name -> census.v1.Chunk.Encoding
+	3,  // 14: census.v1.StreamSeries.labels:type_name -> census.v1.LabelPair
+	15, // 15: census.v1.StreamSeries.chunks:type_name -> census.v1.Chunk
+	16, // 16: census.v1.QueryStreamResponse.series:type_name -> census.v1.StreamSeries
+	13, // 17: census.v1.LabelNamesRequest.matchers:type_name -> census.v1.LabelMatcher
+	13, // 18: census.v1.LabelValuesRequest.matchers:type_name -> census.v1.LabelMatcher
+	13, // 19: census.v1.SeriesRequest.matchers:type_name -> census.v1.LabelMatcher
+	3,  // 20: census.v1.SeriesLabels.labels:type_name -> census.v1.LabelPair
+	23, // 21: census.v1.SeriesResponse.series:type_name -> census.v1.SeriesLabels
+	26, // 22: census.v1.ExemplarsRequest.matcher_sets:type_name -> census.v1.MatcherSet
+	13, // 23: census.v1.MatcherSet.matchers:type_name -> census.v1.LabelMatcher
+	3,  // 24: census.v1.SeriesExemplars.labels:type_name -> census.v1.LabelPair
+	7,  // 25: census.v1.SeriesExemplars.exemplars:type_name -> census.v1.Exemplar
+	27, // 26: census.v1.ExemplarsResponse.series:type_name -> census.v1.SeriesExemplars
+	8,  // 27: census.v1.MetricMetadata.metadata:type_name -> census.v1.Metadata
+	30, // 28: census.v1.MetricsMetadataResponse.metadata:type_name -> census.v1.MetricMetadata
+	33, // 29: census.v1.TSDBStatsResponse.cardinality_metrics:type_name -> census.v1.Stat
+	33, // 30: census.v1.TSDBStatsResponse.cardinality_labels:type_name -> census.v1.Stat
+	33, // 31: census.v1.TSDBStatsResponse.label_value_bytes:type_name -> census.v1.Stat
+	33, // 32: census.v1.TSDBStatsResponse.label_value_pairs:type_name -> census.v1.Stat
+	10, // 33: census.v1.Ingester.Push:input_type -> census.v1.PushRequest
+	14, // 34: census.v1.Ingester.QueryStream:input_type -> census.v1.QueryStreamRequest
+	18, // 35: census.v1.Ingester.LabelNames:input_type -> census.v1.LabelNamesRequest
+	20, // 36: census.v1.Ingester.LabelValues:input_type -> census.v1.LabelValuesRequest
+	22, // 37: census.v1.Ingester.Series:input_type -> census.v1.SeriesRequest
+	25, // 38: census.v1.Ingester.QueryExemplars:input_type -> census.v1.ExemplarsRequest
+	29, // 39: census.v1.Ingester.MetricsMetadata:input_type -> census.v1.MetricsMetadataRequest
+	32, // 40: census.v1.Ingester.TSDBStats:input_type -> census.v1.TSDBStatsRequest
+	11, // 41: census.v1.Ingester.Push:output_type -> census.v1.PushResponse
+	17, // 42: census.v1.Ingester.QueryStream:output_type -> census.v1.QueryStreamResponse
+	19, // 43: census.v1.Ingester.LabelNames:output_type -> census.v1.LabelNamesResponse
+	21, // 44: census.v1.Ingester.LabelValues:output_type -> census.v1.LabelValuesResponse
+	24, // 45: census.v1.Ingester.Series:output_type -> census.v1.SeriesResponse
+	28, // 46: census.v1.Ingester.QueryExemplars:output_type -> census.v1.ExemplarsResponse
+	31, // 47: census.v1.Ingester.MetricsMetadata:output_type -> census.v1.MetricsMetadataResponse
+	34, // 48: census.v1.Ingester.TSDBStats:output_type -> census.v1.TSDBStatsResponse
+	41, // [41:49] is the sub-list for method output_type
+	33, // [33:41] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_census_proto_init() }
@@ -1210,13 +2493,19 @@ func file_census_proto_init() {
 	if File_census_proto != nil {
 		return
 	}
+	file_census_proto_msgTypes[3].OneofWrappers = []any{
+		(*Histogram_CountInt)(nil),
+		(*Histogram_CountFloat)(nil),
+		(*Histogram_ZeroCountInt)(nil),
+		(*Histogram_ZeroCountFloat)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_census_proto_rawDesc), len(file_census_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   17,
+			NumEnums:      3,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

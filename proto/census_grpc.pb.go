@@ -25,11 +25,14 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Ingester_Push_FullMethodName        = "/census.v1.Ingester/Push"
-	Ingester_QueryStream_FullMethodName = "/census.v1.Ingester/QueryStream"
-	Ingester_LabelNames_FullMethodName  = "/census.v1.Ingester/LabelNames"
-	Ingester_LabelValues_FullMethodName = "/census.v1.Ingester/LabelValues"
-	Ingester_Series_FullMethodName      = "/census.v1.Ingester/Series"
+	Ingester_Push_FullMethodName            = "/census.v1.Ingester/Push"
+	Ingester_QueryStream_FullMethodName     = "/census.v1.Ingester/QueryStream"
+	Ingester_LabelNames_FullMethodName      = "/census.v1.Ingester/LabelNames"
+	Ingester_LabelValues_FullMethodName     = "/census.v1.Ingester/LabelValues"
+	Ingester_Series_FullMethodName          = "/census.v1.Ingester/Series"
+	Ingester_QueryExemplars_FullMethodName  = "/census.v1.Ingester/QueryExemplars"
+	Ingester_MetricsMetadata_FullMethodName = "/census.v1.Ingester/MetricsMetadata"
+	Ingester_TSDBStats_FullMethodName       = "/census.v1.Ingester/TSDBStats"
 )
 
 // IngesterClient is the client API for Ingester service.
@@ -53,6 +56,15 @@ type IngesterClient interface {
 	LabelValues(ctx context.Context, in *LabelValuesRequest, opts ...grpc.CallOption) (*LabelValuesResponse, error)
 	// Series returns the label sets of the matching series.
 	Series(ctx context.Context, in *SeriesRequest, opts ...grpc.CallOption) (*SeriesResponse, error)
+	// QueryExemplars returns the exemplars of the series matching any of the
+	// matcher sets, in [start_ms, end_ms].
+	QueryExemplars(ctx context.Context, in *ExemplarsRequest, opts ...grpc.CallOption) (*ExemplarsResponse, error)
+	// MetricsMetadata returns the metadata (type, help, unit) of metric
+	// families, as Prometheus' /api/v1/metadata.
+	MetricsMetadata(ctx context.Context, in *MetricsMetadataRequest, opts ...grpc.CallOption) (*MetricsMetadataResponse, error)
+	// TSDBStats returns the cardinality statistics of the ingester's head, as
+	// Prometheus' /api/v1/status/tsdb.
+	TSDBStats(ctx context.Context, in *TSDBStatsRequest, opts ...grpc.CallOption) (*TSDBStatsResponse, error)
 }
 
 type ingesterClient struct {
@@ -122,6 +134,36 @@ func (c *ingesterClient) Series(ctx context.Context, in *SeriesRequest, opts ...
 	return out, nil
 }
 
+func (c *ingesterClient) QueryExemplars(ctx context.Context, in *ExemplarsRequest, opts ...grpc.CallOption) (*ExemplarsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ExemplarsResponse)
+	err := c.cc.Invoke(ctx, Ingester_QueryExemplars_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *ingesterClient) MetricsMetadata(ctx context.Context, in *MetricsMetadataRequest, opts ...grpc.CallOption) (*MetricsMetadataResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MetricsMetadataResponse)
+	err := c.cc.Invoke(ctx, Ingester_MetricsMetadata_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *ingesterClient) TSDBStats(ctx context.Context, in *TSDBStatsRequest, opts ...grpc.CallOption) (*TSDBStatsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(TSDBStatsResponse)
+	err := c.cc.Invoke(ctx, Ingester_TSDBStats_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // IngesterServer is the server API for Ingester service.
 // All implementations must embed UnimplementedIngesterServer
 // for forward compatibility.
@@ -143,6 +185,15 @@ type IngesterServer interface {
 	LabelValues(context.Context, *LabelValuesRequest) (*LabelValuesResponse, error)
 	// Series returns the label sets of the matching series.
 	Series(context.Context, *SeriesRequest) (*SeriesResponse, error)
+	// QueryExemplars returns the exemplars of the series matching any of the
+	// matcher sets, in [start_ms, end_ms].
+	QueryExemplars(context.Context, *ExemplarsRequest) (*ExemplarsResponse, error)
+	// MetricsMetadata returns the metadata (type, help, unit) of metric
+	// families, as Prometheus' /api/v1/metadata.
+	MetricsMetadata(context.Context, *MetricsMetadataRequest) (*MetricsMetadataResponse, error)
+	// TSDBStats returns the cardinality statistics of the ingester's head, as
+	// Prometheus' /api/v1/status/tsdb.
+	TSDBStats(context.Context, *TSDBStatsRequest) (*TSDBStatsResponse, error)
 	mustEmbedUnimplementedIngesterServer()
 }
 
@@ -167,6 +218,15 @@ func (UnimplementedIngesterServer) LabelValues(context.Context, *LabelValuesRequ
 }
 func (UnimplementedIngesterServer) Series(context.Context, *SeriesRequest) (*SeriesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Series not implemented")
+}
+func (UnimplementedIngesterServer) QueryExemplars(context.Context, *ExemplarsRequest) (*ExemplarsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method QueryExemplars not implemented")
+}
+func (UnimplementedIngesterServer) MetricsMetadata(context.Context, *MetricsMetadataRequest) (*MetricsMetadataResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method MetricsMetadata not implemented")
+}
+func (UnimplementedIngesterServer) TSDBStats(context.Context, *TSDBStatsRequest) (*TSDBStatsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method TSDBStats not implemented")
 }
 func (UnimplementedIngesterServer) mustEmbedUnimplementedIngesterServer() {}
 func (UnimplementedIngesterServer) testEmbeddedByValue()                  {}
@@ -272,6 +332,60 @@ func _Ingester_Series_Handler(srv interface{}, ctx context.Context, dec func(int
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Ingester_QueryExemplars_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ExemplarsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(IngesterServer).QueryExemplars(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Ingester_QueryExemplars_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(IngesterServer).QueryExemplars(ctx, req.(*ExemplarsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Ingester_MetricsMetadata_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MetricsMetadataRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(IngesterServer).MetricsMetadata(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Ingester_MetricsMetadata_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(IngesterServer).MetricsMetadata(ctx, req.(*MetricsMetadataRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Ingester_TSDBStats_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(TSDBStatsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(IngesterServer).TSDBStats(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Ingester_TSDBStats_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(IngesterServer).TSDBStats(ctx, req.(*TSDBStatsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Ingester_ServiceDesc is the grpc.ServiceDesc for Ingester service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -294,6 +408,18 @@ var Ingester_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Series",
 			Handler:    _Ingester_Series_Handler,
+		},
+		{
+			MethodName: "QueryExemplars",
+			Handler:    _Ingester_QueryExemplars_Handler,
+		},
+		{
+			MethodName: "MetricsMetadata",
+			Handler:    _Ingester_MetricsMetadata_Handler,
+		},
+		{
+			MethodName: "TSDBStats",
+			Handler:    _Ingester_TSDBStats_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
