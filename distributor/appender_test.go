@@ -11,8 +11,11 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/model/exemplar"
 	"github.com/prometheus/prometheus/model/histogram"
 	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/model/metadata"
 	"github.com/prometheus/prometheus/storage"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
@@ -37,6 +40,7 @@ type fakeIngester struct {
 	mtx    sync.Mutex // Guards the fields below.
 	err    error
 	pushed map[string][]float64 // series (as text) -> values, in push order
+	series []*censuspb.TimeSeries
 }
 
 func (f *fakeIngester) Push(_ context.Context, req *censuspb.PushRequest) (*censuspb.PushResponse, error) {
@@ -45,6 +49,7 @@ func (f *fakeIngester) Push(_ context.Context, req *censuspb.PushRequest) (*cens
 	if f.err != nil {
 		return nil, f.err
 	}
+	f.series = append(f.series, req.Series...)
 	for _, ts := range req.Series {
 		key := censuspb.FormatLabelPairs(ts.Labels)
 		for _, s := range ts.Samples {
@@ -141,7 +146,7 @@ func TestAppender_ShardsEverySeriesToItsReplicas(t *testing.T) {
 # HELP census_distributor_received_samples_total Samples appended to the distributor, before replication.
 # TYPE census_distributor_received_samples_total counter
 census_distributor_received_samples_total 100
-# HELP census_distributor_commits_total Commits of appended samples by result: success, invalid (some input refused by ingesters), no_quorum, rejected (refused before sending).
+# HELP census_distributor_commits_total Commits of appended samples by result: success, invalid (some input refused by ingesters), limited (some input over an ingester limit), no_quorum, rejected (refused before sending).
 # TYPE census_distributor_commits_total counter
 census_distributor_commits_total{result="success"} 1
 `), "census_distributor_received_samples_total", "census_distributor_commits_total"))
@@ -225,17 +230,15 @@ func TestAppender_RejectsBadInputAtAppend(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		ls   labels.Labels
-		h    *histogram.Histogram
 		want string
 	}{
 		{name: "no labels", ls: labels.EmptyLabels(), want: "series has no labels"},
 		{name: "invalid UTF-8 value", ls: labels.FromStrings("__name__", "x", "path", "\xff"), want: "non-UTF-8"},
 		{name: "empty label name", ls: labels.FromStrings("__name__", "x", "", "v"), want: "empty or non-UTF-8"},
-		{name: "native histogram", ls: labels.FromStrings("__name__", "h"), h: &histogram.Histogram{Count: 1}, want: "native histogram samples are not supported yet"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			app := d.AppenderV2(context.Background())
-			_, err := app.Append(0, tc.ls, 0, 1000, 1, tc.h, nil, storage.AOptions{})
+			_, err := app.Append(0, tc.ls, 0, 1000, 1, nil, nil, storage.AOptions{})
 			require.ErrorIs(t, err, distributor.ErrInvalidSeries)
 			require.ErrorContains(t, err, tc.want)
 			// The good series of the same transaction still goes through.
@@ -245,7 +248,7 @@ func TestAppender_RejectsBadInputAtAppend(t *testing.T) {
 			require.NoError(t, app.Commit())
 		})
 	}
-	require.Len(t, fakes[0].values(labels.FromStrings("__name__", "good")), 4)
+	require.Len(t, fakes[0].values(labels.FromStrings("__name__", "good")), 3)
 }
 
 func TestAppender_EmptyRingFails(t *testing.T) {
@@ -265,4 +268,38 @@ func TestAppender_RollbackSendsNothing(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, app.Rollback())
 	require.Empty(t, fakes[0].values(labels.FromStrings("__name__", "x")))
+}
+
+func TestAppender_CarriesHistogramsExemplarsAndMetadata(t *testing.T) {
+	d, fakes, _ := cluster(t, 1, 1)
+	ls := labels.FromStrings("__name__", "rpc_duration_seconds", "job", "api")
+	h := &histogram.Histogram{Count: 3, Sum: 1.5, Schema: 1, PositiveSpans: []histogram.Span{{Length: 2}}, PositiveBuckets: []int64{1, 1}}
+	fh := h.ToFloat(nil)
+	ex := labels.FromStrings("trace_id", "abc")
+	meta := metadata.Metadata{Type: model.MetricTypeHistogram, Help: "RPC latency.", Unit: "seconds"}
+
+	app := d.AppenderV2(context.Background())
+	ref, err := app.Append(0, ls, 0, 1000, 0, h, nil, storage.AOptions{
+		Metadata:  meta,
+		Exemplars: []exemplar.Exemplar{{Labels: ex, Value: 0.7, Ts: 990, HasTs: true}},
+	})
+	require.NoError(t, err)
+	_, err = app.Append(ref, ls, 0, 2000, 0, nil, fh, storage.AOptions{Metadata: meta})
+	require.NoError(t, err)
+	require.NoError(t, app.Commit())
+
+	fakes[0].mtx.Lock()
+	defer fakes[0].mtx.Unlock()
+	require.Len(t, fakes[0].series, 1, "both samples travel in one series")
+	got := fakes[0].series[0]
+	require.Len(t, got.Histograms, 2)
+	require.Equal(t, h, got.Histograms[0].ToHistogram())
+	require.Equal(t, int64(1000), got.Histograms[0].TimestampMs)
+	require.Equal(t, fh, got.Histograms[1].ToFloatHistogram())
+	require.Equal(t, int64(2000), got.Histograms[1].TimestampMs)
+	var b labels.ScratchBuilder
+	e, err := censuspb.ToExemplar(&b, got.Exemplars[0])
+	require.NoError(t, err)
+	require.Equal(t, exemplar.Exemplar{Labels: ex, Value: 0.7, Ts: 990, HasTs: true}, e)
+	require.Equal(t, meta, got.Metadata.ToMetadata())
 }

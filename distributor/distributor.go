@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -54,6 +55,10 @@ type Distributor struct {
 	clients *censuspb.ClientPool
 	logger  *slog.Logger
 	metrics *metrics
+
+	// appenders pools *appender, whose buffers then serve many
+	// transactions.
+	appenders sync.Pool
 }
 
 var _ storage.AppendableV2 = (*Distributor)(nil)
@@ -76,7 +81,25 @@ func New(cfg Config, r Ring, clients *censuspb.ClientPool, logger *slog.Logger, 
 // AppenderV2 returns an appender that buffers samples until Commit pushes
 // them. ctx bounds the pushes of Commit.
 func (d *Distributor) AppenderV2(ctx context.Context) storage.AppenderV2 {
-	return &appender{ctx: ctx, d: d}
+	a, ok := d.appenders.Get().(*appender)
+	if !ok {
+		a = &appender{d: d}
+	}
+	a.ctx = ctx
+	return a
+}
+
+// putAppender clears a for its next transaction, dropping its references
+// to labels and samples, and returns it to the pool.
+func (d *Distributor) putAppender(a *appender) {
+	clear(a.series)
+	a.series = a.series[:0]
+	a.floats = a.floats[:0]
+	a.samples = 0
+	a.encoded = a.encoded[:0]
+	a.ends = a.ends[:0]
+	a.ctx = nil
+	d.appenders.Put(a)
 }
 
 type metrics struct {
@@ -94,7 +117,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		commits: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "census_distributor_commits_total",
-			Help: "Commits of appended samples by result: success, invalid (some input refused by ingesters), no_quorum, rejected (refused before sending).",
+			Help: "Commits of appended samples by result: success, invalid (some input refused by ingesters), limited (some input over an ingester limit), no_quorum, rejected (refused before sending).",
 		}, []string{"result"}),
 		ingesterPushes: f.NewHistogramVec(prometheus.HistogramOpts{
 			Name:                           "census_distributor_ingester_push_duration_seconds",

@@ -16,6 +16,10 @@ var ErrNoQuorum = errors.New("no quorum")
 // (invalid labels, sample types not supported yet); retrying cannot help.
 var ErrInvalidSeries = errors.New("invalid series")
 
+// ErrLimited is wrapped by commit errors where an ingester refused part of
+// the input because a limit was reached; the rest was stored.
+var ErrLimited = errors.New("limit reached")
+
 // noQuorumError reports which ingesters failed and how many series they
 // left without a quorum.
 func noQuorumError(seriesWithoutQuorum, quorum int, failed map[string]error) error {

@@ -40,17 +40,27 @@ func NewClientPool(opts ...grpc.DialOption) *ClientPool {
 // Get returns the client for the ingester at addr, creating its connection
 // on first use.
 func (p *ClientPool) Get(addr string) (IngesterClient, error) {
+	c, err := p.Conn(addr)
+	if err != nil {
+		return nil, err
+	}
+	return NewIngesterClient(c), nil
+}
+
+// Conn returns the connection to the ingester at addr, creating it on
+// first use, for calls the generated client does not make (PushEncoded).
+func (p *ClientPool) Conn(addr string) (grpc.ClientConnInterface, error) {
 	p.mtx.Lock()
 	defer p.mtx.Unlock()
 	if c, ok := p.conns[addr]; ok {
-		return NewIngesterClient(c), nil
+		return c, nil
 	}
 	c, err := grpc.NewClient(addr, p.opts...)
 	if err != nil {
 		return nil, fmt.Errorf("connect to ingester %s: %w", addr, err)
 	}
 	p.conns[addr] = c
-	return NewIngesterClient(c), nil
+	return c, nil
 }
 
 // Close closes every connection; the pool must not be used afterwards.
