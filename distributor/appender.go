@@ -52,14 +52,14 @@ type pendingSeries struct {
 }
 
 type floatSample struct {
-	t int64
-	v float64
+	st, t int64
+	v     float64
 }
 
 var _ storage.AppenderV2 = (*appender)(nil)
 
 // Append buffers one sample with its exemplars and metadata.
-func (a *appender) Append(ref storage.SeriesRef, ls labels.Labels, _, t int64, v float64, h *histogram.Histogram, fh *histogram.FloatHistogram, opts storage.AppendV2Options) (storage.SeriesRef, error) {
+func (a *appender) Append(ref storage.SeriesRef, ls labels.Labels, st, t int64, v float64, h *histogram.Histogram, fh *histogram.FloatHistogram, opts storage.AppendV2Options) (storage.SeriesRef, error) {
 	hash := uint64(ref)
 	if hash == 0 {
 		if err := validateLabels(ls); err != nil {
@@ -75,11 +75,15 @@ func (a *appender) Append(ref storage.SeriesRef, ls labels.Labels, _, t int64, v
 	s := &a.series[n-1]
 	switch {
 	case fh != nil:
-		s.histograms = append(s.histograms, censuspb.FromFloatHistogram(t, fh.Copy()))
+		wire := censuspb.FromFloatHistogram(t, fh.Copy())
+		wire.StartTimestampMs = st
+		s.histograms = append(s.histograms, wire)
 	case h != nil:
-		s.histograms = append(s.histograms, censuspb.FromHistogram(t, h.Copy()))
+		wire := censuspb.FromHistogram(t, h.Copy())
+		wire.StartTimestampMs = st
+		s.histograms = append(s.histograms, wire)
 	default:
-		a.floats = append(a.floats, floatSample{t: t, v: v})
+		a.floats = append(a.floats, floatSample{st: st, t: t, v: v})
 		s.count++
 	}
 	// The caller may reuse the exemplars' labels after Append returns.
@@ -166,7 +170,7 @@ func (a *appender) encode() error {
 		s := &a.series[i]
 		a.encoded = censuspb.AppendSeriesLabels(a.encoded, s.ls)
 		for _, f := range a.floats[s.first : s.first+s.count] {
-			a.encoded = censuspb.AppendSample(a.encoded, f.t, f.v)
+			a.encoded = censuspb.AppendSampleWithStart(a.encoded, f.st, f.t, f.v)
 		}
 		for _, h := range s.histograms {
 			if a.encoded, err = censuspb.AppendHistogram(a.encoded, h); err != nil {

@@ -39,8 +39,8 @@ type fakeIngester struct {
 
 	mtx    sync.Mutex // Guards the fields below.
 	err    error
-	pushed map[string][]float64 // series (as text) -> values, in push order
-	series []*censuspb.TimeSeries
+	pushed map[string][]float64   // series (as text) -> values, in push order
+	series []*censuspb.TimeSeries // every series pushed, in push order
 }
 
 func (f *fakeIngester) Push(_ context.Context, req *censuspb.PushRequest) (*censuspb.PushResponse, error) {
@@ -279,7 +279,10 @@ func TestAppender_CarriesHistogramsExemplarsAndMetadata(t *testing.T) {
 	meta := metadata.Metadata{Type: model.MetricTypeHistogram, Help: "RPC latency.", Unit: "seconds"}
 
 	app := d.AppenderV2(context.Background())
-	ref, err := app.Append(0, ls, 0, 1000, 0, h, nil, storage.AOptions{
+	counter := labels.FromStrings("__name__", "rpc_total")
+	_, err := app.Append(0, counter, 500, 1000, 3, nil, nil, storage.AOptions{})
+	require.NoError(t, err)
+	ref, err := app.Append(0, ls, 400, 1000, 0, h, nil, storage.AOptions{
 		Metadata:  meta,
 		Exemplars: []exemplar.Exemplar{{Labels: ex, Value: 0.7, Ts: 990, HasTs: true}},
 	})
@@ -290,8 +293,10 @@ func TestAppender_CarriesHistogramsExemplarsAndMetadata(t *testing.T) {
 
 	fakes[0].mtx.Lock()
 	defer fakes[0].mtx.Unlock()
-	require.Len(t, fakes[0].series, 1, "both samples travel in one series")
-	got := fakes[0].series[0]
+	require.Len(t, fakes[0].series, 2, "both histogram samples travel in one series")
+	require.Equal(t, int64(500), fakes[0].series[0].Samples[0].StartTimestampMs, "start timestamps travel")
+	got := fakes[0].series[1]
+	require.Equal(t, int64(400), got.Histograms[0].StartTimestampMs)
 	require.Len(t, got.Histograms, 2)
 	require.Equal(t, h, got.Histograms[0].ToHistogram())
 	require.Equal(t, int64(1000), got.Histograms[0].TimestampMs)

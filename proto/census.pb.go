@@ -242,11 +242,14 @@ func (x *LabelPair) GetValue() []byte {
 
 // Sample is one float sample.
 type Sample struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	TimestampMs   int64                  `protobuf:"varint,1,opt,name=timestamp_ms,json=timestampMs,proto3" json:"timestamp_ms,omitempty"`
-	Value         float64                `protobuf:"fixed64,2,opt,name=value,proto3" json:"value,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	TimestampMs int64                  `protobuf:"varint,1,opt,name=timestamp_ms,json=timestampMs,proto3" json:"timestamp_ms,omitempty"`
+	Value       float64                `protobuf:"fixed64,2,opt,name=value,proto3" json:"value,omitempty"`
+	// start_timestamp_ms is when the counter this sample belongs to started
+	// (OpenMetrics' created timestamp); 0 means unknown.
+	StartTimestampMs int64 `protobuf:"varint,3,opt,name=start_timestamp_ms,json=startTimestampMs,proto3" json:"start_timestamp_ms,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Sample) Reset() {
@@ -289,6 +292,13 @@ func (x *Sample) GetTimestampMs() int64 {
 func (x *Sample) GetValue() float64 {
 	if x != nil {
 		return x.Value
+	}
+	return 0
+}
+
+func (x *Sample) GetStartTimestampMs() int64 {
+	if x != nil {
+		return x.StartTimestampMs
 	}
 	return 0
 }
@@ -377,9 +387,12 @@ type Histogram struct {
 	PositiveCounts []float64             `protobuf:"fixed64,14,rep,packed,name=positive_counts,json=positiveCounts,proto3" json:"positive_counts,omitempty"`
 	ResetHint      Histogram_ResetHint   `protobuf:"varint,15,opt,name=reset_hint,json=resetHint,proto3,enum=census.v1.Histogram_ResetHint" json:"reset_hint,omitempty"`
 	// Bucket boundaries of custom-bucket histograms (schema -53).
-	CustomValues  []float64 `protobuf:"fixed64,16,rep,packed,name=custom_values,json=customValues,proto3" json:"custom_values,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	CustomValues []float64 `protobuf:"fixed64,16,rep,packed,name=custom_values,json=customValues,proto3" json:"custom_values,omitempty"`
+	// start_timestamp_ms is when the histogram started counting; 0 means
+	// unknown.
+	StartTimestampMs int64 `protobuf:"varint,17,opt,name=start_timestamp_ms,json=startTimestampMs,proto3" json:"start_timestamp_ms,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Histogram) Reset() {
@@ -544,6 +557,13 @@ func (x *Histogram) GetCustomValues() []float64 {
 		return x.CustomValues
 	}
 	return nil
+}
+
+func (x *Histogram) GetStartTimestampMs() int64 {
+	if x != nil {
+		return x.StartTimestampMs
+	}
+	return 0
 }
 
 type isHistogram_Count interface {
@@ -2213,14 +2233,15 @@ const file_census_proto_rawDesc = "" +
 	"\fcensus.proto\x12\tcensus.v1\"5\n" +
 	"\tLabelPair\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\fR\x04name\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\fR\x05value\"A\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value\"o\n" +
 	"\x06Sample\x12!\n" +
 	"\ftimestamp_ms\x18\x01 \x01(\x03R\vtimestampMs\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x01R\x05value\"<\n" +
+	"\x05value\x18\x02 \x01(\x01R\x05value\x12,\n" +
+	"\x12start_timestamp_ms\x18\x03 \x01(\x03R\x10startTimestampMs\"<\n" +
 	"\n" +
 	"BucketSpan\x12\x16\n" +
 	"\x06offset\x18\x01 \x01(\x11R\x06offset\x12\x16\n" +
-	"\x06length\x18\x02 \x01(\rR\x06length\"\xe6\x05\n" +
+	"\x06length\x18\x02 \x01(\rR\x06length\"\x94\x06\n" +
 	"\tHistogram\x12!\n" +
 	"\ftimestamp_ms\x18\x01 \x01(\x03R\vtimestampMs\x12\x1d\n" +
 	"\tcount_int\x18\x02 \x01(\x04H\x00R\bcountInt\x12!\n" +
@@ -2240,7 +2261,8 @@ const file_census_proto_rawDesc = "" +
 	"\x0fpositive_counts\x18\x0e \x03(\x01R\x0epositiveCounts\x12=\n" +
 	"\n" +
 	"reset_hint\x18\x0f \x01(\x0e2\x1e.census.v1.Histogram.ResetHintR\tresetHint\x12#\n" +
-	"\rcustom_values\x18\x10 \x03(\x01R\fcustomValues\"4\n" +
+	"\rcustom_values\x18\x10 \x03(\x01R\fcustomValues\x12,\n" +
+	"\x12start_timestamp_ms\x18\x11 \x01(\x03R\x10startTimestampMs\"4\n" +
 	"\tResetHint\x12\v\n" +
 	"\aUNKNOWN\x10\x00\x12\a\n" +
 	"\x03YES\x10\x01\x12\x06\n" +

@@ -25,6 +25,7 @@ const (
 	fieldLabelPairValue      protowire.Number = 2
 	fieldSampleTimestamp     protowire.Number = 1
 	fieldSampleValue         protowire.Number = 2
+	fieldSampleStartTime     protowire.Number = 3
 )
 
 // AppendSeriesLabels appends ls to b as the labels of an encoded TimeSeries.
@@ -54,6 +55,12 @@ func AppendSeriesLabels(b []byte, ls labels.Labels) []byte {
 // AppendSample appends one float sample to b as a sample of an encoded
 // TimeSeries.
 func AppendSample(b []byte, t int64, v float64) []byte {
+	return AppendSampleWithStart(b, 0, t, v)
+}
+
+// AppendSampleWithStart appends one float sample with its start timestamp
+// st (0 if unknown) to b as a sample of an encoded TimeSeries.
+func AppendSampleWithStart(b []byte, st, t int64, v float64) []byte {
 	bits := math.Float64bits(v)
 	size := 0
 	if t != 0 {
@@ -61,6 +68,9 @@ func AppendSample(b []byte, t int64, v float64) []byte {
 	}
 	if bits != 0 {
 		size += protowire.SizeTag(fieldSampleValue) + protowire.SizeFixed64()
+	}
+	if st != 0 {
+		size += protowire.SizeTag(fieldSampleStartTime) + protowire.SizeVarint(uint64(st))
 	}
 	b = protowire.AppendTag(b, fieldTimeSeriesSamples, protowire.BytesType)
 	b = protowire.AppendVarint(b, uint64(size))
@@ -71,6 +81,10 @@ func AppendSample(b []byte, t int64, v float64) []byte {
 	if bits != 0 {
 		b = protowire.AppendTag(b, fieldSampleValue, protowire.Fixed64Type)
 		b = protowire.AppendFixed64(b, bits)
+	}
+	if st != 0 {
+		b = protowire.AppendTag(b, fieldSampleStartTime, protowire.VarintType)
+		b = protowire.AppendVarint(b, uint64(st))
 	}
 	return b
 }

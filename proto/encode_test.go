@@ -17,8 +17,8 @@ import (
 )
 
 type testSample struct {
-	t int64
-	v float64
+	st, t int64
+	v     float64
 }
 
 // encodeSeries builds one TimeSeries both by hand and as a message.
@@ -27,8 +27,8 @@ func encodeSeries(t *testing.T, ls labels.Labels, samples []testSample, h *histo
 	b := AppendSeriesLabels(nil, ls)
 	want := &TimeSeries{Labels: FromLabels(nil, ls)}
 	for _, s := range samples {
-		b = AppendSample(b, s.t, s.v)
-		want.Samples = append(want.Samples, &Sample{TimestampMs: s.t, Value: s.v})
+		b = AppendSampleWithStart(b, s.st, s.t, s.v)
+		want.Samples = append(want.Samples, &Sample{StartTimestampMs: s.st, TimestampMs: s.t, Value: s.v})
 	}
 	var err error
 	if h != nil {
@@ -60,10 +60,11 @@ func TestEncode(t *testing.T) {
 		h        *histogram.Histogram
 		withMeta bool
 	}{
-		{name: "floats", ls: labels.FromStrings("__name__", "up", "job", "api"), samples: []testSample{{1000, 1}, {2000, 0.5}}},
-		{name: "zero time and value are omitted as proto3 does", ls: labels.FromStrings("__name__", "z"), samples: []testSample{{0, 0}, {-5, math.Copysign(0, -1)}}},
-		{name: "stale marker", ls: labels.FromStrings("__name__", "s"), samples: []testSample{{1000, math.Float64frombits(value.StaleNaN)}}},
-		{name: "empty label value", ls: labels.FromStrings("__name__", "e", "x", ""), samples: []testSample{{1, 1}}},
+		{name: "floats", ls: labels.FromStrings("__name__", "up", "job", "api"), samples: []testSample{{0, 1000, 1}, {0, 2000, 0.5}}},
+		{name: "start timestamps", ls: labels.FromStrings("__name__", "c"), samples: []testSample{{500, 1000, 1}, {500, 2000, 3}}},
+		{name: "zero time and value are omitted as proto3 does", ls: labels.FromStrings("__name__", "z"), samples: []testSample{{0, 0, 0}, {0, -5, math.Copysign(0, -1)}}},
+		{name: "stale marker", ls: labels.FromStrings("__name__", "s"), samples: []testSample{{0, 1000, math.Float64frombits(value.StaleNaN)}}},
+		{name: "empty label value", ls: labels.FromStrings("__name__", "e", "x", ""), samples: []testSample{{0, 1, 1}}},
 		{name: "histogram exemplar metadata", ls: labels.FromStrings("__name__", "h"), h: h, withMeta: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -109,7 +110,7 @@ func TestPushEncoded(t *testing.T) {
 	cc, err := pool.Conn(ln.Addr().String())
 	require.NoError(t, err)
 
-	series, want := encodeSeries(t, labels.FromStrings("__name__", "up"), []testSample{{1000, 1}}, nil, false)
+	series, want := encodeSeries(t, labels.FromStrings("__name__", "up"), []testSample{{0, 1000, 1}}, nil, false)
 	resp, err := PushEncoded(context.Background(), cc, AppendPushRequestSeries(nil, series))
 	require.NoError(t, err)
 	require.Equal(t, int64(1), resp.GetRejections()[0].GetSamples())

@@ -8,8 +8,9 @@ import (
 	"github.com/prometheus/prometheus/model/metadata"
 )
 
-// FromHistogram converts an integer native histogram sample to its wire form.
-// The wire form shares h's bucket slices.
+// FromHistogram converts an integer native histogram sample to its wire form;
+// set StartTimestampMs when the start is known. The wire form shares h's
+// bucket slices.
 func FromHistogram(t int64, h *histogram.Histogram) *Histogram {
 	return &Histogram{
 		TimestampMs:    t,
@@ -28,7 +29,8 @@ func FromHistogram(t int64, h *histogram.Histogram) *Histogram {
 }
 
 // FromFloatHistogram converts a float native histogram sample to its wire
-// form. The wire form shares fh's bucket slices.
+// form; set StartTimestampMs when the start is known. The wire form shares
+// fh's bucket slices.
 func FromFloatHistogram(t int64, fh *histogram.FloatHistogram) *Histogram {
 	return &Histogram{
 		TimestampMs:    t,

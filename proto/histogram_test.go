@@ -40,8 +40,11 @@ func TestHistogramRoundTrip(t *testing.T) {
 			require.Equal(t, tc.h.ToFloat(nil), wire.ToFloatHistogram())
 
 			fh := tc.h.ToFloat(nil)
-			fwire := roundTrip(t, FromFloatHistogram(99, fh))
+			withStart := FromFloatHistogram(99, fh)
+			withStart.StartTimestampMs = 50
+			fwire := roundTrip(t, withStart)
 			require.True(t, fwire.IsFloat())
+			require.Equal(t, int64(50), fwire.GetStartTimestampMs())
 			require.Nil(t, fwire.ToHistogram())
 			require.Equal(t, fh, fwire.ToFloatHistogram())
 		})
