@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/prometheus/prometheus/storage"
-	"github.com/prometheus/prometheus/tsdb"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -15,87 +13,163 @@ import (
 )
 
 var (
-	// errClosed is returned by requests that arrive after Close.
+	// errStarting is returned by requests that arrive before the TSDB is
+	// open, wrapped with the WAL replay's progress.
+	errStarting = errors.New("ingester is starting")
+	// errStopping is returned by requests that arrive once the ingester
+	// has been told to stop.
+	errStopping = errors.New("ingester is stopping")
+	// errClosed is returned by requests that arrive after the TSDB closed.
 	errClosed = errors.New("ingester is closed")
 	// errInvalidMatchers wraps a matcher the TSDB cannot use, such as a
 	// regular expression that does not compile.
 	errInvalidMatchers = errors.New("invalid matchers")
 	// errInvalidLimit is returned for a negative limit.
 	errInvalidLimit = errors.New("invalid limit")
+	// errQueryLimit is wrapped by the error of a query that read more than
+	// a query limit allows.
+	errQueryLimit = errors.New("query limit exceeded")
 )
 
-// pushError reports what a push left out: the series with invalid labels and
-// the samples the TSDB refused. Everything else of the push was committed.
+// reason is why a push refused samples: the label value of
+// census_discarded_samples_total and of PushResponse's Rejection.reason.
+type reason int
+
+const (
+	reasonInvalidLabels reason = iota
+	reasonInvalidHistogram
+	reasonOutOfOrder
+	reasonTooOld
+	reasonDuplicateTimestamp
+	reasonMaxLabelsPerSeries
+	reasonLabelNameTooLong
+	reasonLabelValueTooLong
+	reasonMaxSeries
+	reasonMaxSeriesPerMetric
+	numReasons
+)
+
+var reasonNames = [numReasons]string{
+	reasonInvalidLabels:      "invalid_labels",
+	reasonInvalidHistogram:   "invalid_histogram",
+	reasonOutOfOrder:         "out_of_order",
+	reasonTooOld:             "too_old",
+	reasonDuplicateTimestamp: "duplicate_timestamp",
+	reasonMaxLabelsPerSeries: "max_labels_per_series",
+	reasonLabelNameTooLong:   "label_name_too_long",
+	reasonLabelValueTooLong:  "label_value_too_long",
+	reasonMaxSeries:          "max_series",
+	reasonMaxSeriesPerMetric: "max_series_per_metric",
+}
+
+func (r reason) String() string { return reasonNames[r] }
+
+// capacity reports whether r is the ingester running out of room rather
+// than the input being wrong: the same samples may be accepted later, once
+// series have gone from the head. Label limits are input errors: the same
+// series is refused forever, so a sender must not retry it.
+func (r reason) capacity() bool {
+	return r == reasonMaxSeries || r == reasonMaxSeriesPerMetric
+}
+
+// pushError reports what a push left out, per reason. Everything else of the
+// push was committed.
 type pushError struct {
-	rejectedSeries  int
-	firstSeriesErr  error // Names the first rejected series.
-	rejectedSamples int
-	firstSampleErr  error // Names the first rejected sample's series and timestamp.
+	samples [numReasons]int64
+	series  [numReasons]int // Rejections, to tell a reason with 0 samples from none.
+	first   [numReasons]error
+}
+
+// reject counts n samples refused for r and keeps the first error of r.
+func (e *pushError) reject(r reason, n int, err error) {
+	e.samples[r] += int64(n)
+	e.series[r]++
+	if e.first[r] == nil {
+		e.first[r] = err
+	}
+}
+
+// err returns e if anything was refused, else nil.
+func (e *pushError) err() error {
+	for r := range numReasons {
+		if e.series[r] > 0 {
+			return e
+		}
+	}
+	return nil
 }
 
 func (e *pushError) Error() string {
-	var parts []string
-	if e.rejectedSeries > 0 {
-		parts = append(parts, fmt.Sprintf("rejected %d series, first: %v", e.rejectedSeries, e.firstSeriesErr))
+	var (
+		parts []string
+		total int64
+	)
+	for r := range numReasons {
+		if e.series[r] == 0 {
+			continue
+		}
+		total += e.samples[r]
+		parts = append(parts, fmt.Sprintf("%d %s, first: %v", e.samples[r], r, e.first[r]))
 	}
-	if e.rejectedSamples > 0 {
-		parts = append(parts, fmt.Sprintf("rejected %d samples, first: %v", e.rejectedSamples, e.firstSampleErr))
-	}
-	return strings.Join(parts, "; ")
+	return fmt.Sprintf("rejected %d samples: %s", total, strings.Join(parts, "; "))
 }
 
 func (e *pushError) Unwrap() []error {
 	var errs []error
-	if e.firstSeriesErr != nil {
-		errs = append(errs, e.firstSeriesErr)
-	}
-	if e.firstSampleErr != nil {
-		errs = append(errs, e.firstSampleErr)
+	for _, err := range e.first {
+		if err != nil {
+			errs = append(errs, err)
+		}
 	}
 	return errs
 }
 
-// rejectSeries counts a series left out of a push and keeps the first reason.
-func (e *pushError) rejectSeries(err error) {
-	e.rejectedSeries++
-	if e.firstSeriesErr == nil {
-		e.firstSeriesErr = err
+// code is InvalidArgument if any input was wrong, and ResourceExhausted if
+// only capacity limits refused samples.
+func (e *pushError) code() codes.Code {
+	for r := range numReasons {
+		if e.series[r] > 0 && !r.capacity() {
+			return codes.InvalidArgument
+		}
 	}
+	return codes.ResourceExhausted
 }
 
-// rejectSample counts a sample left out of a push and keeps the first reason.
-func (e *pushError) rejectSample(err error) {
-	e.rejectedSamples++
-	if e.firstSampleErr == nil {
-		e.firstSampleErr = err
+// response lists the rejections for the status details.
+func (e *pushError) response() *censuspb.PushResponse {
+	resp := &censuspb.PushResponse{}
+	for r := range numReasons {
+		if e.series[r] == 0 {
+			continue
+		}
+		resp.Rejections = append(resp.Rejections, &censuspb.Rejection{
+			Reason:     r.String(),
+			Samples:    e.samples[r],
+			FirstError: truncate(e.first[r].Error()),
+		})
 	}
-}
-
-// err returns e if anything was rejected, else nil.
-func (e *pushError) err() error {
-	if e.rejectedSeries == 0 && e.rejectedSamples == 0 {
-		return nil
-	}
-	return e
-}
-
-// isSampleError reports whether the TSDB refused one sample for its
-// timestamp or value. Such a sample is skipped and the rest of its push is
-// stored, as Prometheus' remote-write handler does; retrying cannot help.
-func isSampleError(err error) bool {
-	return errors.Is(err, storage.ErrOutOfOrderSample) ||
-		errors.Is(err, storage.ErrOutOfBounds) ||
-		errors.Is(err, storage.ErrTooOldSample) ||
-		errors.Is(err, storage.ErrDuplicateSampleForTimestamp)
+	return resp
 }
 
 // toStatus converts an error of a request into the gRPC status its client
 // sees. It is the one place where ingester errors meet codes: input at fault
-// is InvalidArgument (never retried), a closed ingester is Unavailable (try
-// another replica), and nothing leaves as Unknown.
+// is InvalidArgument (never retried), a full ingester or a query over its
+// limits is ResourceExhausted, an ingester not serving is Unavailable (try
+// another replica), and nothing leaves as Unknown. A push that refused
+// samples carries a censuspb.PushResponse in the status details, one
+// Rejection per reason.
 func toStatus(err error) error {
 	if err == nil {
 		return nil
+	}
+	var pe *pushError
+	if errors.As(err, &pe) {
+		st, detailsErr := status.New(pe.code(), err.Error()).WithDetails(pe.response())
+		if detailsErr != nil {
+			// Only a message that cannot be marshalled fails here.
+			return status.Error(codes.Internal, fmt.Sprintf("%v (and attaching its details failed: %v)", err, detailsErr))
+		}
+		return st.Err()
 	}
 	return status.Error(statusCode(err), err.Error())
 }
@@ -105,14 +179,16 @@ func statusCode(err error) codes.Code {
 	switch {
 	case err == nil:
 		return codes.OK
-	case errors.As(err, &pe),
-		errors.Is(err, censuspb.ErrInvalidLabels),
-		errors.Is(err, tsdb.ErrInvalidSample),
+	case errors.As(err, &pe):
+		return pe.code()
+	case errors.Is(err, censuspb.ErrInvalidLabels),
+		errors.Is(err, errMalformed),
 		errors.Is(err, errInvalidMatchers),
-		errors.Is(err, errInvalidLimit),
-		isSampleError(err):
+		errors.Is(err, errInvalidLimit):
 		return codes.InvalidArgument
-	case errors.Is(err, errClosed):
+	case errors.Is(err, errQueryLimit):
+		return codes.ResourceExhausted
+	case errors.Is(err, errStarting), errors.Is(err, errStopping), errors.Is(err, errClosed):
 		return codes.Unavailable
 	case errors.Is(err, context.Canceled):
 		return codes.Canceled

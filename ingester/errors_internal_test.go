@@ -7,30 +7,35 @@ import (
 	"testing"
 
 	"github.com/prometheus/prometheus/storage"
-	"github.com/prometheus/prometheus/tsdb"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	censuspb "github.com/census-metrics/census/proto"
 )
 
 func TestToStatus(t *testing.T) {
 	wrap := func(err error) error { return fmt.Errorf("series {a=\"1\"}, timestamp 5: %w", err) }
+	rejected := func(r reason) error {
+		var e pushError
+		e.reject(r, 2, wrap(errors.New("refused")))
+		return &e
+	}
 	for _, tc := range []struct {
 		name string
 		err  error
 		want codes.Code
 	}{
 		{name: "invalid labels", err: wrap(censuspb.ErrInvalidLabels), want: codes.InvalidArgument},
-		{name: "empty label set", err: wrap(tsdb.ErrInvalidSample), want: codes.InvalidArgument},
-		{name: "out of order", err: wrap(storage.ErrOutOfOrderSample), want: codes.InvalidArgument},
-		{name: "out of bounds", err: wrap(storage.ErrOutOfBounds), want: codes.InvalidArgument},
-		{name: "too old", err: wrap(storage.ErrTooOldSample), want: codes.InvalidArgument},
-		{name: "duplicate", err: wrap(storage.NewDuplicateFloatErr(5, 1, 2)), want: codes.InvalidArgument},
-		{name: "push with rejections", err: &pushError{rejectedSamples: 1, firstSampleErr: wrap(storage.ErrOutOfOrderSample)}, want: codes.InvalidArgument},
+		{name: "push with a time rule rejection", err: rejected(reasonOutOfOrder), want: codes.InvalidArgument},
+		{name: "push with a label limit rejection", err: rejected(reasonLabelValueTooLong), want: codes.InvalidArgument},
+		{name: "push with a series limit rejection", err: rejected(reasonMaxSeries), want: codes.ResourceExhausted},
 		{name: "invalid matchers", err: fmt.Errorf("%w: bad regexp", errInvalidMatchers), want: codes.InvalidArgument},
 		{name: "invalid limit", err: fmt.Errorf("%w: -1", errInvalidLimit), want: codes.InvalidArgument},
+		{name: "query limit", err: fmt.Errorf("%w: too many series", errQueryLimit), want: codes.ResourceExhausted},
+		{name: "starting", err: fmt.Errorf("%w: replaying WAL: segment 1 of 3", errStarting), want: codes.Unavailable},
+		{name: "stopping", err: errStopping, want: codes.Unavailable},
 		{name: "closed", err: errClosed, want: codes.Unavailable},
 		{name: "caller gone", err: fmt.Errorf("select: %w", context.Canceled), want: codes.Canceled},
 		{name: "deadline", err: fmt.Errorf("select: %w", context.DeadlineExceeded), want: codes.DeadlineExceeded},
@@ -51,10 +56,26 @@ func TestPushError(t *testing.T) {
 	var e pushError
 	require.NoError(t, e.err())
 
-	e.rejectSeries(errors.New("first series"))
-	e.rejectSeries(errors.New("second series"))
-	e.rejectSample(storage.ErrOutOfBounds)
+	e.reject(reasonMaxSeries, 3, errors.New("first over the limit"))
+	e.reject(reasonMaxSeries, 2, errors.New("second over the limit"))
+	require.Equal(t, codes.ResourceExhausted, e.code(), "only a capacity limit")
+	e.reject(reasonOutOfOrder, 1, fmt.Errorf("timestamp 5: %w", storage.ErrOutOfOrderSample))
+	e.reject(reasonInvalidLabels, 0, errors.New("no samples, bad labels"))
 	err := e.err()
-	require.EqualError(t, err, "rejected 2 series, first: first series; rejected 1 samples, first: out of bounds")
-	require.ErrorIs(t, err, storage.ErrOutOfBounds)
+	require.EqualError(t, err, "rejected 6 samples: 0 invalid_labels, first: no samples, bad labels; "+
+		"1 out_of_order, first: timestamp 5: out of order sample; 5 max_series, first: first over the limit")
+	require.ErrorIs(t, err, storage.ErrOutOfOrderSample)
+	require.Equal(t, codes.InvalidArgument, e.code(), "bad input wins over limits")
+
+	// The details carry one rejection per reason.
+	st := status.Convert(toStatus(err))
+	require.Len(t, st.Details(), 1)
+	got, ok := st.Details()[0].(*censuspb.PushResponse)
+	require.True(t, ok, "details are %T", st.Details()[0])
+	want := &censuspb.PushResponse{Rejections: []*censuspb.Rejection{
+		{Reason: "invalid_labels", Samples: 0, FirstError: "no samples, bad labels"},
+		{Reason: "out_of_order", Samples: 1, FirstError: "timestamp 5: out of order sample"},
+		{Reason: "max_series", Samples: 5, FirstError: "first over the limit"},
+	}}
+	require.True(t, proto.Equal(want, got), "got %v", got)
 }

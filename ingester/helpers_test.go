@@ -3,11 +3,13 @@ package ingester_test
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/prometheus/model/labels"
@@ -23,28 +25,50 @@ import (
 type testIngester struct {
 	ing    *ingester.Ingester
 	client censuspb.IngesterClient
+	conn   grpc.ClientConnInterface // client's, for censuspb.PushEncoded.
 	reg    *prometheus.Registry
-	stop   func() // Stops the server and closes the ingester; idempotent.
+	stop   func() // Stops the server and the ingester; idempotent.
 }
 
-// startIngester opens an Ingester on dir and serves it on 127.0.0.1:0, as
-// cmd/census does. Everything is stopped by t.Cleanup, or earlier by stop.
+// testConfig is the ingester's default configuration on dir, with a fixed
+// series limit so that tests do not depend on the machine's memory.
+func testConfig(dir string) ingester.Config {
+	var cfg ingester.Config
+	cfg.RegisterFlags(flag.NewFlagSet("test", flag.PanicOnError))
+	cfg.StoragePath = dir
+	cfg.Limits.MaxSeries = 100_000
+	return cfg
+}
+
+// startIngester runs an Ingester on dir with the default configuration and
+// serves it on 127.0.0.1:0, as cmd/census does. Everything is stopped by
+// t.Cleanup, or earlier by stop.
 func startIngester(t testing.TB, dir string) *testIngester {
 	t.Helper()
+	return startIngesterWith(t, testConfig(dir))
+}
+
+// startIngesterWith is startIngester with cfg.
+func startIngesterWith(t testing.TB, cfg ingester.Config) *testIngester {
+	t.Helper()
 	reg := prometheus.NewPedanticRegistry()
-	ing, err := ingester.New(ingester.Config{StoragePath: dir}, nil, reg)
+	ing, err := ingester.New(cfg, nil, reg)
 	require.NoError(t, err)
-	require.NoError(t, ing.Ready())
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- ing.Run(ctx) }()
 
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	srv := grpc.NewServer(grpc.MaxRecvMsgSize(censuspb.MaxMessageSize))
-	censuspb.RegisterIngesterServer(srv, ing)
+	srv := grpc.NewServer(grpc.MaxRecvMsgSize(int(cfg.Limits.MaxRequestBytes)))
+	ingester.RegisterServer(srv, ing)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(lis) }()
 
 	pool := censuspb.NewClientPool()
 	client, err := pool.Get(lis.Addr().String())
+	require.NoError(t, err)
+	conn, err := pool.Conn(lis.Addr().String())
 	require.NoError(t, err)
 
 	var once sync.Once
@@ -53,11 +77,28 @@ func startIngester(t testing.TB, dir string) *testIngester {
 			require.NoError(t, pool.Close())
 			srv.Stop()
 			require.NoError(t, <-served)
-			require.NoError(t, ing.Close())
+			cancel()
+			require.NoError(t, <-ran)
 		})
 	}
 	t.Cleanup(stop)
-	return &testIngester{ing: ing, client: client, reg: reg, stop: stop}
+	waitReady(t, ing, ran)
+	return &testIngester{ing: ing, client: client, conn: conn, reg: reg, stop: stop}
+}
+
+// waitReady polls ing until it is ready; ran receives Run's result.
+func waitReady(t testing.TB, ing *ingester.Ingester, ran chan error) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for ing.Ready() != nil {
+		select {
+		case err := <-ran:
+			ran <- err // For stop.
+			t.Fatalf("Run returned before the ingester was ready: %v", err)
+		case <-time.After(time.Millisecond):
+		}
+		require.False(t, time.Now().After(deadline), "not ready within 30s: %v", ing.Ready())
+	}
 }
 
 // pairs builds wire labels from name, value, name, value, ... in the given

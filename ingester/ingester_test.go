@@ -4,13 +4,24 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/tsdb/tsdbutil"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -19,23 +30,71 @@ import (
 )
 
 func TestConfig(t *testing.T) {
+	defaults := func(change func(*ingester.Config)) ingester.Config {
+		cfg := ingester.Config{
+			StoragePath:  "./data",
+			WALFsync:     true,
+			Retention:    model.Duration(15 * 24 * time.Hour),
+			MaxExemplars: 100_000,
+			Limits: ingester.Limits{
+				MaxLabelsPerSeries:  64,
+				MaxLabelNameLength:  1024,
+				MaxLabelValueLength: 4096,
+				MaxQuerySeries:      1_000_000,
+				MaxQueryChunks:      4_000_000,
+				MaxRequestBytes:     64 << 20,
+			},
+		}
+		if change != nil {
+			change(&cfg)
+		}
+		return cfg
+	}
 	for _, tc := range []struct {
-		name    string
-		args    []string
-		want    ingester.Config
-		wantErr string
+		name     string
+		args     []string
+		want     ingester.Config
+		parseErr string
+		wantErr  string
 	}{
-		{name: "default", want: ingester.Config{StoragePath: "./data"}},
-		{name: "storage path", args: []string{"--storage.path=/var/lib/census"}, want: ingester.Config{StoragePath: "/var/lib/census"}},
-		{name: "empty storage path", args: []string{"--storage.path="}, want: ingester.Config{}, wantErr: "--storage.path must not be empty"},
+		{name: "default", want: defaults(nil)},
+		{name: "storage path", args: []string{"--storage.path=/var/lib/census"}, want: defaults(func(c *ingester.Config) { c.StoragePath = "/var/lib/census" })},
+		{name: "no fsync", args: []string{"--storage.wal-fsync=false"}, want: defaults(func(c *ingester.Config) { c.WALFsync = false })},
+		{
+			name: "retention and window", args: []string{"--storage.retention=8w", "--storage.retention-size=512MB", "--storage.out-of-order-window=10m"},
+			want: defaults(func(c *ingester.Config) {
+				c.Retention = model.Duration(8 * 7 * 24 * time.Hour)
+				c.RetentionSize = 512 << 20
+				c.OutOfOrderWindow = model.Duration(10 * time.Minute)
+			}),
+		},
+		{
+			name: "limits", args: []string{"--ingester.max-series=5000", "--ingester.max-series-per-metric=100", "--ingester.max-request-bytes=1.5MiB", "--ingester.max-query-chunks=0"},
+			want: defaults(func(c *ingester.Config) {
+				c.Limits.MaxSeries, c.Limits.MaxSeriesPerMetric = 5000, 100
+				c.Limits.MaxRequestBytes = 3 << 19
+				c.Limits.MaxQueryChunks = 0
+			}),
+		},
+		{name: "empty storage path", args: []string{"--storage.path="}, want: defaults(func(c *ingester.Config) { c.StoragePath = "" }), wantErr: "--storage.path must not be empty"},
+		{name: "zero retention", args: []string{"--storage.retention=0s"}, want: defaults(func(c *ingester.Config) { c.Retention = 0 }), wantErr: "--storage.retention must be positive, got 0s"},
+		{name: "negative limit", args: []string{"--ingester.max-labels-per-series=-1"}, want: defaults(func(c *ingester.Config) { c.Limits.MaxLabelsPerSeries = -1 }), wantErr: "--ingester.max-labels-per-series must not be negative, got -1"},
+		{name: "request bigger than any message", args: []string{"--ingester.max-request-bytes=128MB"}, want: defaults(func(c *ingester.Config) { c.Limits.MaxRequestBytes = 128 << 20 }), wantErr: "--ingester.max-request-bytes must be between 1KB and 64MB, got 128MB"},
+		{name: "size without a number", args: []string{"--storage.retention-size=GB"}, parseErr: `invalid size "GB"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var cfg ingester.Config
 			fs := flag.NewFlagSet("test", flag.ContinueOnError)
+			fs.SetOutput(io.Discard)
 			cfg.RegisterFlags(fs)
-			require.NoError(t, fs.Parse(tc.args))
+			err := fs.Parse(tc.args)
+			if tc.parseErr != "" {
+				require.ErrorContains(t, err, tc.parseErr)
+				return
+			}
+			require.NoError(t, err)
 			require.Equal(t, tc.want, cfg)
-			err := cfg.Validate()
+			err = cfg.Validate()
 			if tc.wantErr == "" {
 				require.NoError(t, err)
 				return
@@ -45,6 +104,55 @@ func TestConfig(t *testing.T) {
 			require.ErrorContains(t, err, tc.wantErr)
 		})
 	}
+}
+
+func TestByteSize(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want ingester.ByteSize
+		out  string
+	}{
+		{"0", 0, "0"},
+		{"100", 100, "100B"},
+		{"100B", 100, "100B"},
+		{"2KB", 2048, "2KB"},
+		{"2kib", 2048, "2KB"},
+		{"512MB", 512 << 20, "512MB"},
+		{"1.5GB", 3 << 29, "1536MB"},
+		{"10TB", 10 << 40, "10TB"},
+		{" 3 PB ", 3 << 50, "3PB"},
+	} {
+		t.Run(tc.in, func(t *testing.T) {
+			var b ingester.ByteSize
+			require.NoError(t, b.Set(tc.in))
+			require.Equal(t, tc.want, b)
+			require.Equal(t, tc.out, b.String())
+		})
+	}
+	for _, bad := range []string{"", "MB", "-1MB", "1XB", "NaN", "1e30PB"} {
+		var b ingester.ByteSize
+		require.Error(t, b.Set(bad), bad)
+	}
+}
+
+func TestIngester_NotServingUntilRun(t *testing.T) {
+	cfg := testConfig(t.TempDir())
+	ing, err := ingester.New(cfg, nil, nil)
+	require.NoError(t, err)
+	require.EqualError(t, ing.Ready(), "ingester is starting: not running yet")
+	_, err = ing.Push(context.Background(), &censuspb.PushRequest{Series: []*censuspb.TimeSeries{series(pairs("__name__", "up"), sample{T: 1, V: 1})}})
+	require.Equal(t, codes.Unavailable, status.Code(err), "error: %v", err)
+	require.Contains(t, status.Convert(err).Message(), "ingester is starting")
+
+	// Run opens the TSDB and serves until its context ends; it runs once.
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- ing.Run(ctx) }()
+	waitReady(t, ing, ran)
+	require.EqualError(t, ing.Run(ctx), "ingester already ran: Run may be called only once")
+	cancel()
+	require.NoError(t, <-ran)
+	require.EqualError(t, ing.Ready(), "ingester is stopping")
 }
 
 func TestIngester_Restart(t *testing.T) {
@@ -58,19 +166,33 @@ func TestIngester_Restart(t *testing.T) {
 	push(t, first.client, series(pairs(a...), linear(6000, 1000, 5)...))
 	first.stop()
 
-	// A closed ingester says so, and refuses requests as Unavailable so a
+	// A stopped ingester says so, and refuses requests as Unavailable so a
 	// client tries another replica.
-	require.ErrorContains(t, first.ing.Ready(), "ingester is closed")
+	require.EqualError(t, first.ing.Ready(), "ingester is stopping")
 	_, err := first.ing.Push(context.Background(), &censuspb.PushRequest{Series: []*censuspb.TimeSeries{series(pairs(a...), sample{T: 20_000, V: 1})}})
 	require.Equal(t, codes.Unavailable, status.Code(err), "error: %v", err)
 	_, err = first.ing.LabelNames(context.Background(), &censuspb.LabelNamesRequest{EndMs: 1})
 	require.Equal(t, codes.Unavailable, status.Code(err), "error: %v", err)
-	require.NoError(t, first.ing.Close(), "a second Close")
 
-	// Everything acknowledged is back after the WAL replay.
+	// The clean stop wrote a head snapshot, so the restart replays no WAL
+	// record, and everything acknowledged is back.
 	second := startIngester(t, dir)
 	got, _ := queryStream(t, second.client, 0, 100_000, labels.MustNewMatcher(labels.MatchEqual, "__name__", "up"))
 	require.Equal(t, want, got)
+	require.NoError(t, testutil.GatherAndCompare(second.reg, strings.NewReader(`
+# HELP prometheus_tsdb_snapshot_replay_error_total Total number snapshot replays that failed.
+# TYPE prometheus_tsdb_snapshot_replay_error_total counter
+prometheus_tsdb_snapshot_replay_error_total 0
+`), "prometheus_tsdb_snapshot_replay_error_total"))
+	entries, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	var snapshots []string
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), "chunk_snapshot.") {
+			snapshots = append(snapshots, e.Name())
+		}
+	}
+	require.Len(t, snapshots, 1, "the head snapshot of the clean stop, in %v", entries)
 
 	// And the restarted ingester takes the series where they left off.
 	push(t, second.client, series(pairs(b...), sample{T: 8000, V: 8000}))
@@ -181,14 +303,165 @@ census_ingester_push_requests_total{code="OK"} 1
 # HELP census_ingester_query_stream_series_sent_total Series sent by QueryStream.
 # TYPE census_ingester_query_stream_series_sent_total counter
 census_ingester_query_stream_series_sent_total 2
-# HELP census_ingester_samples_appended_total Samples committed to the TSDB by pushes.
+# HELP census_ingester_samples_appended_total Samples (floats and native histograms) committed to the TSDB by pushes.
 # TYPE census_ingester_samples_appended_total counter
 census_ingester_samples_appended_total 6
+# HELP census_ingester_series_limit Most series this ingester holds (--ingester.max-series, derived from memory when 0).
+# TYPE census_ingester_series_limit gauge
+census_ingester_series_limit 100000
+# HELP census_ingester_series_per_metric_limit Most series of one metric name this ingester holds (--ingester.max-series-per-metric).
+# TYPE census_ingester_series_per_metric_limit gauge
+census_ingester_series_per_metric_limit 20000
+# HELP census_ingester_disk_bytes_per_sample Bytes on disk per sample in the TSDB's blocks (head and WAL excluded); 0 before the first block.
+# TYPE census_ingester_disk_bytes_per_sample gauge
+census_ingester_disk_bytes_per_sample 0
 # HELP prometheus_tsdb_head_series Total number of series in the head block.
 # TYPE prometheus_tsdb_head_series gauge
 prometheus_tsdb_head_series 2
 `),
 		"census_ingester_head_series", "census_ingester_push_requests_total",
 		"census_ingester_query_stream_series_sent_total", "census_ingester_samples_appended_total",
-		"prometheus_tsdb_head_series"))
+		"census_ingester_series_limit", "census_ingester_series_per_metric_limit",
+		"census_ingester_disk_bytes_per_sample", "prometheus_tsdb_head_series"))
+
+	// Every push waited for a WAL fsync (--storage.wal-fsync's default).
+	fsyncs, err := testutil.GatherAndCount(ti.reg, "census_ingester_wal_fsync_duration_seconds")
+	require.NoError(t, err)
+	require.Equal(t, 1, fsyncs, "one histogram")
+	require.Equal(t, 2, histogramCount(t, ti.reg, "census_ingester_wal_fsync_duration_seconds"), "one fsync per push")
+}
+
+// histogramCount returns the observation count of the histogram name in reg.
+func histogramCount(t testing.TB, reg prometheus.Gatherer, name string) int {
+	t.Helper()
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			return int(mf.GetMetric()[0].GetHistogram().GetSampleCount())
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
+}
+
+// TestIngester_AcknowledgedPushSurvivesCrash copies the data directory of a
+// running ingester right after its pushes were acknowledged, as a crash
+// would leave it (no clean close, no head snapshot), and starts another
+// ingester on the copy: its WAL replay brings back every acknowledged
+// sample, histogram and exemplar.
+func TestIngester_AcknowledgedPushSurvivesCrash(t *testing.T) {
+	dir := t.TempDir()
+	running := startIngester(t, dir)
+	h := tsdbutil.GenerateTestHistogram(1)
+	var want []streamedSeries
+	for i := range 50 {
+		ls := []string{"__name__", "crash", "i", fmt.Sprintf("%02d", i)}
+		push(t, running.client, series(pairs(ls...), linear(1000, 1000, 300)...))
+		want = append(want, streamedSeries{fmtLabels(ls...), linear(1000, 1000, 300)})
+	}
+	push(t, running.client, &censuspb.TimeSeries{
+		Labels:     pairs("__name__", "crash_histogram"),
+		Histograms: []*censuspb.Histogram{censuspb.FromHistogram(1000, h)},
+		Exemplars:  []*censuspb.Exemplar{{Labels: pairs("trace_id", "x"), Value: 1, TimestampMs: 1000}},
+	})
+
+	crashed := filepath.Join(t.TempDir(), "data")
+	require.NoError(t, copyDir(dir, crashed))
+	restarted := startIngester(t, crashed)
+	got, _ := queryStream(t, restarted.client, 0, 1_000_000, labels.MustNewMatcher(labels.MatchEqual, "__name__", "crash"))
+	require.Equal(t, want, got)
+	hists, _ := queryTyped(t, restarted.client, 0, 2000, labels.MustNewMatcher(labels.MatchEqual, "__name__", "crash_histogram"))
+	requireSamples(t, []typedSample{{T: 1000, H: h}}, hists[fmtLabels("__name__", "crash_histogram")], "crash_histogram")
+	ex, err := restarted.client.QueryExemplars(context.Background(), &censuspb.ExemplarsRequest{EndMs: 2000, MatcherSets: []*censuspb.MatcherSet{{
+		Matchers: []*censuspb.LabelMatcher{{Name: "__name__", Value: "crash_histogram"}},
+	}}})
+	require.NoError(t, err)
+	require.Len(t, ex.GetSeries(), 1)
+}
+
+// copyDir copies the files under src to dst, except the TSDB's lock file.
+func copyDir(src, dst string) error {
+	return filepath.WalkDir(src, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(src, path)
+		if err != nil {
+			return err
+		}
+		target := filepath.Join(dst, rel)
+		switch {
+		case d.IsDir():
+			return os.MkdirAll(target, 0o777)
+		case d.Name() == "lock":
+			return nil
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(target, b, 0o666)
+	})
+}
+
+// blockingStream is a QueryStream server stream whose Send waits until
+// released, as a slow client's would.
+type blockingStream struct {
+	grpc.ServerStream // Unused; panics if called.
+	sending           chan struct{}
+	release           chan struct{}
+}
+
+func (s *blockingStream) Context() context.Context { return context.Background() }
+
+func (s *blockingStream) Send(*censuspb.QueryStreamResponse) error {
+	close(s.sending)
+	<-s.release
+	return nil
+}
+
+// TestIngester_StopFinishesInFlightRequests stops an ingester while a query
+// is in flight: new requests are refused at once with Unavailable, the query
+// finishes, and only then the TSDB closes.
+func TestIngester_StopFinishesInFlightRequests(t *testing.T) {
+	ti := startQueryFixture(t)
+	s := &blockingStream{sending: make(chan struct{}), release: make(chan struct{})}
+	queried := make(chan error, 1)
+	go func() {
+		queried <- ti.ing.QueryStream(&censuspb.QueryStreamRequest{
+			EndMs: 200_000, Matchers: censuspb.FromMatchers([]*labels.Matcher{labels.MustNewMatcher(labels.MatchEqual, "job", "api")}),
+		}, s)
+	}()
+	<-s.sending
+
+	// While stop waits, another goroutine sees the ingester stopping, is
+	// refused a push, and finds the TSDB still open, then lets the query
+	// finish.
+	var stopReturned atomic.Bool
+	type observed struct {
+		ready, pushErr     error
+		stoppedBeforeQuery bool
+	}
+	seen := make(chan observed, 1)
+	go func() {
+		for ti.ing.Ready() == nil {
+			runtime.Gosched() // Polls; stop is on its way.
+		}
+		var o observed
+		o.ready = ti.ing.Ready()
+		_, o.pushErr = ti.ing.Push(context.Background(), &censuspb.PushRequest{Series: []*censuspb.TimeSeries{series(pairs(upA...), sample{T: 9000, V: 1})}})
+		o.stoppedBeforeQuery = stopReturned.Load()
+		seen <- o
+		close(s.release)
+	}()
+	ti.stop()
+	stopReturned.Store(true)
+
+	o := <-seen
+	require.EqualError(t, o.ready, "ingester is stopping")
+	require.Equal(t, codes.Unavailable, status.Code(o.pushErr), "error: %v", o.pushErr)
+	require.Contains(t, status.Convert(o.pushErr).Message(), "ingester is stopping")
+	require.False(t, o.stoppedBeforeQuery, "the TSDB closed under an in-flight query")
+	require.NoError(t, <-queried)
 }

@@ -9,22 +9,51 @@ import (
 // metrics are the ingester's own; the TSDB registers its prometheus_tsdb_*
 // metrics on the same registerer.
 type metrics struct {
-	samplesAppended  prometheus.Counter
-	pushRequests     *prometheus.CounterVec
-	streamSeriesSent prometheus.Counter
+	samplesAppended    prometheus.Counter
+	discardedSamples   *prometheus.CounterVec
+	discardedExemplars *prometheus.CounterVec
+	pushRequests       *prometheus.CounterVec
+	streamSeriesSent   prometheus.Counter
+	walFsyncDuration   prometheus.Histogram
+	seriesLimit        prometheus.Gauge
+	seriesPerMetric    prometheus.Gauge
 }
 
-func newMetrics(reg prometheus.Registerer, head *tsdb.Head) *metrics {
+// newMetrics registers the ingester's metrics on reg. db returns the open
+// TSDB, or nil before it opens and after it closes.
+func newMetrics(reg prometheus.Registerer, db func() *tsdb.DB) *metrics {
 	f := promauto.With(reg)
 	f.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "census_ingester_head_series",
 		Help: "Series in the TSDB head, the in-memory part of the store.",
-	}, func() float64 { return float64(head.NumSeries()) })
-	return &metrics{
+	}, func() float64 {
+		if d := db(); d != nil {
+			return float64(d.Head().NumSeries())
+		}
+		return 0
+	})
+	f.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "census_ingester_disk_bytes_per_sample",
+		Help: "Bytes on disk per sample in the TSDB's blocks (head and WAL excluded); 0 before the first block.",
+	}, func() float64 {
+		if d := db(); d != nil {
+			return bytesPerSample(d.Blocks())
+		}
+		return 0
+	})
+	m := &metrics{
 		samplesAppended: f.NewCounter(prometheus.CounterOpts{
 			Name: "census_ingester_samples_appended_total",
-			Help: "Samples committed to the TSDB by pushes.",
+			Help: "Samples (floats and native histograms) committed to the TSDB by pushes.",
 		}),
+		discardedSamples: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "census_discarded_samples_total",
+			Help: "Samples a push refused, by reason: the rule or limit that refused them.",
+		}, []string{"reason"}),
+		discardedExemplars: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "census_ingester_discarded_exemplars_total",
+			Help: "Exemplars a push left out while storing their samples, by reason.",
+		}, []string{"reason"}),
 		pushRequests: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "census_ingester_push_requests_total",
 			Help: "Push requests by the gRPC status code they returned.",
@@ -33,5 +62,37 @@ func newMetrics(reg prometheus.Registerer, head *tsdb.Head) *metrics {
 			Name: "census_ingester_query_stream_series_sent_total",
 			Help: "Series sent by QueryStream.",
 		}),
+		walFsyncDuration: f.NewHistogram(prometheus.HistogramOpts{
+			Name:    "census_ingester_wal_fsync_duration_seconds",
+			Help:    "Duration of the WAL fsyncs pushes wait for (--storage.wal-fsync); each serves every push that waited at once.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 8), // 100µs to 1.6s.
+		}),
+		seriesLimit: f.NewGauge(prometheus.GaugeOpts{
+			Name: "census_ingester_series_limit",
+			Help: "Most series this ingester holds (--ingester.max-series, derived from memory when 0).",
+		}),
+		seriesPerMetric: f.NewGauge(prometheus.GaugeOpts{
+			Name: "census_ingester_series_per_metric_limit",
+			Help: "Most series of one metric name this ingester holds (--ingester.max-series-per-metric).",
+		}),
 	}
+	// Every reason exists from the start, so a rate over it never misses
+	// the first discard.
+	for r := range numReasons {
+		m.discardedSamples.WithLabelValues(r.String())
+	}
+	return m
+}
+
+// bytesPerSample is the bytes on disk per sample over blocks.
+func bytesPerSample(blocks []*tsdb.Block) float64 {
+	var size, samples int64
+	for _, b := range blocks {
+		size += b.Size()
+		samples += int64(b.Meta().Stats.NumSamples)
+	}
+	if samples == 0 {
+		return 0
+	}
+	return float64(size) / float64(samples)
 }

@@ -22,8 +22,12 @@ const (
 
 // QueryStream streams, sorted by labels, every series that matches the
 // request's matchers and has chunks overlapping [start_ms, end_ms], with its
-// chunks as the TSDB encodes them. Chunks are whole, so they may hold samples
-// outside the range; the querier trims them.
+// chunks as the TSDB encodes them (XOR for floats, HISTOGRAM and
+// FLOAT_HISTOGRAM for native histograms). Chunks are whole, so they may hold
+// samples outside the range; the querier trims them. A query that would read
+// more than --ingester.max-query-series series or --ingester.max-query-chunks
+// chunks fails with ResourceExhausted; a caller that goes away stops the
+// reading at the next series.
 func (i *Ingester) QueryStream(req *censuspb.QueryStreamRequest, stream censuspb.Ingester_QueryStreamServer) error {
 	return toStatus(i.queryStream(stream.Context(), req, stream))
 }
@@ -33,12 +37,13 @@ func (i *Ingester) queryStream(ctx context.Context, req *censuspb.QueryStreamReq
 	if err != nil {
 		return err
 	}
-	if err := i.acquire(); err != nil {
+	db, err := i.acquire()
+	if err != nil {
 		return err
 	}
-	defer i.closeMtx.RUnlock()
+	defer i.mtx.RUnlock()
 
-	q, err := i.db.ChunkQuerier(req.GetStartMs(), req.GetEndMs())
+	q, err := db.ChunkQuerier(req.GetStartMs(), req.GetEndMs())
 	if err != nil {
 		return fmt.Errorf("open chunk querier: %w", err)
 	}
@@ -54,21 +59,34 @@ func (i *Ingester) queryStream(ctx context.Context, req *censuspb.QueryStreamReq
 	hints := &storage.SelectHints{Start: req.GetStartMs(), End: req.GetEndMs(), DisableTrimming: true}
 	set := q.Select(ctx, true, hints, ms...)
 	f := frame{stream: stream, metrics: i.metrics, resp: &censuspb.QueryStreamResponse{}}
-	var it chunks.Iterator
+	var (
+		it             chunks.Iterator
+		series, chunkN int
+		maxSeries      = i.cfg.Limits.MaxQuerySeries
+		maxChunks      = i.cfg.Limits.MaxQueryChunks
+	)
 	for set.Next() {
 		// Stop between series once the caller is gone: a big selection
 		// must not keep reading the TSDB for nobody.
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		series := set.At()
-		out := &censuspb.StreamSeries{Labels: censuspb.FromLabels(nil, series.Labels())}
-		it = series.Iterator(it)
+		series++
+		if maxSeries > 0 && series > maxSeries {
+			return fmt.Errorf("%w: the query selects more than %d series (--ingester.max-query-series); select fewer series with more specific matchers", errQueryLimit, maxSeries)
+		}
+		s := set.At()
+		out := &censuspb.StreamSeries{Labels: censuspb.FromLabels(nil, s.Labels())}
+		it = s.Iterator(it)
 		for it.Next() {
+			chunkN++
+			if maxChunks > 0 && chunkN > maxChunks {
+				return fmt.Errorf("%w: the query reads more than %d chunks (--ingester.max-query-chunks); select fewer series or a shorter time range", errQueryLimit, maxChunks)
+			}
 			out.Chunks = append(out.Chunks, f.chunk(it.At()))
 		}
 		if err := it.Err(); err != nil {
-			return fmt.Errorf("read chunks of series %s: %w", series.Labels(), err)
+			return fmt.Errorf("read chunks of series %s: %w", s.Labels(), err)
 		}
 		if err := f.add(out); err != nil {
 			return err
@@ -218,12 +236,16 @@ func (i *Ingester) series(ctx context.Context, req *censuspb.SeriesRequest) (_ [
 	hints := &storage.SelectHints{Start: req.GetStartMs(), End: req.GetEndMs(), Limit: lh.Limit, Func: "series"}
 	set := q.Select(ctx, true, hints, ms...)
 	var out []*censuspb.SeriesLabels
+	maxSeries := i.cfg.Limits.MaxQuerySeries
 	for set.Next() {
 		if lh.Limit > 0 && len(out) >= lh.Limit {
 			break
 		}
 		if err := ctx.Err(); err != nil {
 			return nil, err
+		}
+		if maxSeries > 0 && len(out) >= maxSeries {
+			return nil, fmt.Errorf("%w: the request selects more than %d series (--ingester.max-query-series); select fewer series with more specific matchers or a limit", errQueryLimit, maxSeries)
 		}
 		// Label sets of selected series are built on the heap (stringlabels),
 		// so unlike label names and values they outlive the querier.
@@ -238,19 +260,20 @@ func (i *Ingester) series(ctx context.Context, req *censuspb.SeriesRequest) (_ [
 // querier opens a TSDB querier over [mint, maxt] and holds the TSDB open
 // for it. release closes both and records a close error in *err if it is nil.
 func (i *Ingester) querier(mint, maxt int64) (storage.Querier, func(err *error), error) {
-	if err := i.acquire(); err != nil {
+	db, err := i.acquire()
+	if err != nil {
 		return nil, nil, err
 	}
-	q, err := i.db.Querier(mint, maxt)
+	q, err := db.Querier(mint, maxt)
 	if err != nil {
-		i.closeMtx.RUnlock()
+		i.mtx.RUnlock()
 		return nil, nil, fmt.Errorf("open querier: %w", err)
 	}
 	release := func(err *error) {
 		if cerr := q.Close(); cerr != nil && *err == nil {
 			*err = fmt.Errorf("close querier: %w", cerr)
 		}
-		i.closeMtx.RUnlock()
+		i.mtx.RUnlock()
 	}
 	return q, release, nil
 }

@@ -2,6 +2,7 @@ package ingester_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/census-metrics/census/ingester"
 	censuspb "github.com/census-metrics/census/proto"
 )
 
@@ -336,4 +338,134 @@ func TestIngester_QueryInvalidArgument(t *testing.T) {
 			require.Contains(t, status.Convert(err).Message(), tc.message)
 		})
 	}
+}
+
+// cancellingStream is a QueryStream server stream whose caller goes away
+// once it has received its first frame.
+type cancellingStream struct {
+	grpc.ServerStream // Unused; panics if called.
+	ctx               context.Context
+	cancel            context.CancelFunc
+	sent              int
+}
+
+func (s *cancellingStream) Context() context.Context { return s.ctx }
+
+func (s *cancellingStream) Send(*censuspb.QueryStreamResponse) error {
+	s.sent++
+	s.cancel()
+	return nil
+}
+
+func TestIngester_QueryStreamStopsMidStream(t *testing.T) {
+	ti := startIngester(t, t.TempDir())
+	var batch []*censuspb.TimeSeries
+	for i := range 1000 {
+		batch = append(batch, series(pairs("__name__", "many", "i", fmt.Sprintf("%04d", i)), sample{T: 1000, V: 1}))
+	}
+	push(t, ti.client, batch...)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s := &cancellingStream{ctx: ctx, cancel: cancel}
+	err := ti.ing.QueryStream(&censuspb.QueryStreamRequest{
+		StartMs: 0, EndMs: 2000,
+		Matchers: censuspb.FromMatchers([]*labels.Matcher{labels.MustNewMatcher(labels.MatchEqual, "__name__", "many")}),
+	}, s)
+	require.Equal(t, codes.Canceled, status.Code(err), "error: %v", err)
+	require.Equal(t, 1, s.sent, "the first frame of 128 series, then nothing more")
+}
+
+func TestIngester_QueryLimits(t *testing.T) {
+	anyName := []*labels.Matcher{labels.MustNewMatcher(labels.MatchRegexp, "__name__", ".+")}
+	for _, tc := range []struct {
+		name     string
+		limits   func(*ingester.Limits)
+		matchers []*labels.Matcher
+		message  string // Of QueryStream; empty: it succeeds.
+		series   string // Of Series; empty: it succeeds.
+	}{
+		{
+			name: "series limit", limits: func(l *ingester.Limits) { l.MaxQuerySeries = 3 }, matchers: anyName,
+			message: "query limit exceeded: the query selects more than 3 series (--ingester.max-query-series)",
+			series:  "query limit exceeded: the request selects more than 3 series (--ingester.max-query-series)",
+		},
+		{
+			name: "series limit not reached", limits: func(l *ingester.Limits) { l.MaxQuerySeries = 2 },
+			matchers: []*labels.Matcher{labels.MustNewMatcher(labels.MatchEqual, "job", "api")},
+		},
+		{
+			// The fixture's four series have one chunk each.
+			name: "chunk limit", limits: func(l *ingester.Limits) { l.MaxQueryChunks = 3 }, matchers: anyName,
+			message: "query limit exceeded: the query reads more than 3 chunks (--ingester.max-query-chunks)",
+		},
+		{name: "no limits", limits: func(l *ingester.Limits) { l.MaxQuerySeries, l.MaxQueryChunks = 0, 0 }, matchers: anyName},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := testConfig(t.TempDir())
+			tc.limits(&cfg.Limits)
+			ti := startIngesterWith(t, cfg)
+			push(t, ti.client,
+				series(pairs(upA...), early...),
+				series(pairs(upB...), early...),
+				series(pairs(requestsD...), early...),
+				series(pairs(lateD...), late...),
+			)
+			_, _, err := readStream(ti.client, 0, 200_000, tc.matchers...)
+			if tc.message == "" {
+				require.NoError(t, err)
+			} else {
+				require.Equal(t, codes.ResourceExhausted, status.Code(err), "error: %v", err)
+				require.Contains(t, status.Convert(err).Message(), tc.message)
+			}
+			_, err = ti.client.Series(context.Background(), &censuspb.SeriesRequest{EndMs: 200_000, Matchers: censuspb.FromMatchers(tc.matchers)})
+			if tc.series == "" {
+				require.NoError(t, err)
+			} else {
+				require.Equal(t, codes.ResourceExhausted, status.Code(err), "error: %v", err)
+				require.Contains(t, status.Convert(err).Message(), tc.series)
+			}
+		})
+	}
+}
+
+func TestIngester_TSDBStats(t *testing.T) {
+	ti := startQueryFixture(t)
+	stats := func(t *testing.T, req *censuspb.TSDBStatsRequest) *censuspb.TSDBStatsResponse {
+		t.Helper()
+		resp, err := ti.client.TSDBStats(context.Background(), req)
+		require.NoError(t, err)
+		return resp
+	}
+	byName := func(ss []*censuspb.Stat) map[string]uint64 {
+		out := map[string]uint64{}
+		for _, s := range ss {
+			out[s.GetName()] = s.GetCount()
+		}
+		return out
+	}
+
+	resp := stats(t, &censuspb.TSDBStatsRequest{})
+	require.Equal(t, uint64(4), resp.GetNumSeries())
+	require.Equal(t, int64(1000), resp.GetMinTimeMs())
+	require.Equal(t, int64(102_000), resp.GetMaxTimeMs())
+	require.Equal(t, int64(4), resp.GetChunkCount(), "one head chunk per series")
+	// Label pairs: __name__ x3, instance x2, job x2.
+	require.Equal(t, int64(7), resp.GetNumLabelPairs())
+	require.Equal(t, map[string]uint64{"up": 2, "requests_total": 1, "late": 1}, byName(resp.GetCardinalityMetrics()))
+	require.Equal(t, map[string]uint64{"__name__": 3, "instance": 2, "job": 2}, byName(resp.GetCardinalityLabels()))
+	require.Equal(t, map[string]uint64{"job=api": 2, "job=db": 2, "__name__=up": 2, "instance=a": 1, "instance=b": 1, "__name__=late": 1, "__name__=requests_total": 1},
+		byName(resp.GetLabelValuePairs()))
+	// As Prometheus computes it: each value's bytes, as many times as
+	// series hold it.
+	require.Equal(t, labels.SizeOfLabels("__name__", "up", 2)+labels.SizeOfLabels("__name__", "requests_total", 1)+labels.SizeOfLabels("__name__", "late", 1),
+		byName(resp.GetLabelValueBytes())["__name__"])
+
+	byJob := stats(t, &censuspb.TSDBStatsRequest{LabelName: "job", Limit: 1})
+	require.Len(t, byJob.GetCardinalityMetrics(), 1, "the limit caps every list")
+	require.Equal(t, uint64(2), byJob.GetCardinalityMetrics()[0].GetCount())
+	require.Len(t, byJob.GetLabelValuePairs(), 1)
+
+	_, err := ti.client.TSDBStats(context.Background(), &censuspb.TSDBStatsRequest{Limit: -1})
+	require.Equal(t, codes.InvalidArgument, status.Code(err), "error: %v", err)
 }

@@ -12,6 +12,8 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -206,8 +208,13 @@ func (rs readiness) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
 // added, and each interrupt below waits until its actor has returned. So
 // actors are added in stop order: the agent sends its last scrape while
 // the ring and the ingester still take it, the HTTP server drains its
-// queries while the ingesters still answer, the ingester leaves the ring
-// before its gRPC server stops, and the TSDB closes last.
+// queries while the ingesters still answer, the ingester turns LEAVING in
+// the ring before its gRPC server drains in-flight pushes and queries,
+// then the TSDB closes, writing its head snapshot, and last the ingester
+// turns LEFT and leaves the ring.
+//
+// A second SIGINT or SIGTERM, or shutdownTimeout after the first, exits at
+// once: whatever was acknowledged is in the WAL already.
 func start(o *options, logger *slog.Logger) error {
 	// The Prometheus packages register their metrics on the default
 	// registry, so every Census metric goes there too.
@@ -215,7 +222,9 @@ func start(o *options, logger *slog.Logger) error {
 	reg.MustRegister(versioncollector.NewCollector("census"))
 
 	var g run.Group
-	g.Add(run.SignalHandler(context.Background(), os.Interrupt, syscall.SIGTERM))
+	returned := make(chan struct{})
+	defer close(returned)
+	addSignalHandler(&g, returned, logger)
 	var ready readiness
 	mux := http.NewServeMux()
 
@@ -225,12 +234,14 @@ func start(o *options, logger *slog.Logger) error {
 	}
 	defer httpLn.Close()
 
-	// Ingester: the TSDB opens (and replays its WAL) before anything is
-	// served, and closes after every actor stopped.
+	// Ingester: New only validates; the ingester's actor opens the TSDB,
+	// replaying its WAL while /ready says how far it got and the gRPC
+	// server already answers Unavailable, so senders use other replicas.
 	var (
 		instanceAddr, grpcAddr string
 		grpcSrv                *grpc.Server
 		grpcLn                 net.Listener
+		ing                    *ingester.Ingester
 	)
 	if o.role.ingester {
 		grpcLn, err = net.Listen("tcp", o.grpcAddr)
@@ -241,21 +252,24 @@ func start(o *options, logger *slog.Logger) error {
 		grpcAddr = grpcLn.Addr().String()
 		instanceAddr = advertiseAddr(grpcLn.Addr())
 
-		ing, err := ingester.New(o.ingester, logger.With("component", "ingester"), reg)
+		ing, err = ingester.New(o.ingester, logger.With("component", "ingester"), reg)
 		if err != nil {
 			return err
 		}
-		defer func() {
-			if err := ing.Close(); err != nil {
-				logger.Error("Closing the TSDB failed", "err", err)
-			}
-		}()
 		ready.add("ingester", ing.Ready)
-		grpcSrv = grpc.NewServer(grpc.MaxRecvMsgSize(censuspb.MaxMessageSize), grpc.MaxSendMsgSize(censuspb.MaxMessageSize))
-		censuspb.RegisterIngesterServer(grpcSrv, ing)
+		grpcSrv = grpc.NewServer(
+			// Pushes are the only big messages an ingester receives.
+			grpc.MaxRecvMsgSize(int(o.ingester.Limits.MaxRequestBytes)),
+			grpc.MaxSendMsgSize(censuspb.MaxMessageSize),
+		)
+		ingester.RegisterServer(grpcSrv, ing)
 	}
 
-	// Ring: every role is a member; an ingester also owns tokens.
+	// Ring: every role is a member; an ingester also owns tokens, kept in
+	// its data directory so that a restart gets the same series back.
+	if o.role.ingester {
+		o.ring.TokensFile = filepath.Join(o.ingester.StoragePath, "ring-tokens.json")
+	}
 	r, err := ring.New(o.ring, instanceAddr, logger.With("component", "ring"), reg)
 	if err != nil {
 		return err
@@ -318,17 +332,32 @@ func start(o *options, logger *slog.Logger) error {
 		_ = httpSrv.Shutdown(ctx)
 	})
 
-	// The ring: on stop an ingester turns LEAVING, then LEFT, so writers
-	// and readers move on before its gRPC server stops.
-	addInOrder(&g, r.Run)
-
 	if grpcSrv != nil {
+		// On stop the ingester turns LEAVING in the ring, so writers send
+		// its series to the next instances while readers still ask it;
+		// then the gRPC server drains: in-flight pushes and queries
+		// finish, new ones fail with Unavailable, and after ten seconds
+		// the stragglers (a client that stopped reading its stream) are
+		// cut off.
 		g.Add(func() error {
 			return grpcSrv.Serve(grpcLn)
 		}, func(error) {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			if err := r.SetLeaving(ctx); err != nil {
+				logger.Warn("Could not tell the ring this ingester is leaving before it stops serving", "err", err)
+			}
+			cancel()
 			stopGRPC(grpcSrv, 10*time.Second)
 		})
+		// Then the ingester refuses what is left, waits for the requests
+		// it still holds, and closes the TSDB with a head snapshot, so the
+		// next start replays no WAL.
+		addInOrder(&g, ing.Run)
 	}
+
+	// The ring last: an ingester turns LEFT and leaves once its data is
+	// safe on disk.
+	addInOrder(&g, r.Run)
 
 	logger.Info("Census started", "role", o.name, "http", httpLn.Addr().String(), "grpc", grpcAddr, "gossip", r.GossipAddr())
 	if o.name == "all" {
@@ -340,6 +369,46 @@ func start(o *options, logger *slog.Logger) error {
 		return nil
 	}
 	return err
+}
+
+// shutdownTimeout bounds a graceful stop. Kubernetes' grace period should
+// be longer than the stop of an ingester (writing its head snapshot takes
+// seconds per million series), so this bound matters only where nothing
+// else enforces one.
+const shutdownTimeout = 3 * time.Minute
+
+// addSignalHandler adds the actor that returns on the first SIGINT or
+// SIGTERM, which stops every actor in order. After it, a second signal or
+// shutdownTimeout exits the process at once, unless returned is closed
+// first.
+func addSignalHandler(g *run.Group, returned <-chan struct{}, logger *slog.Logger) {
+	sigc := make(chan os.Signal, 2)
+	signal.Notify(sigc, os.Interrupt, syscall.SIGTERM)
+	stopc := make(chan struct{})
+	g.Add(func() error {
+		select {
+		case sig := <-sigc:
+			logger.Info("Stopping gracefully; a second signal stops at once", "signal", sig, "timeout", shutdownTimeout)
+			go func() {
+				defer signal.Stop(sigc)
+				select {
+				case sig := <-sigc:
+					logger.Error("Second signal: exiting without a graceful stop", "signal", sig)
+				case <-time.After(shutdownTimeout):
+					logger.Error("Graceful stop timed out: exiting without it", "timeout", shutdownTimeout)
+				case <-returned:
+					return
+				}
+				os.Exit(1)
+			}()
+			return run.SignalError{Signal: sig}
+		case <-stopc:
+			signal.Stop(sigc)
+			return nil
+		}
+	}, func(error) {
+		close(stopc)
+	})
 }
 
 // addInOrder adds an actor running fn whose interrupt cancels fn's context

@@ -1,0 +1,190 @@
+package ingester
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/common/model"
+
+	censuspb "github.com/census-metrics/census/proto"
+)
+
+// Config configures an Ingester.
+type Config struct {
+	// StoragePath is the TSDB directory: blocks, head chunks and the WAL.
+	StoragePath string
+	// WALFsync makes every push wait until its samples are fsynced in the
+	// WAL before it is acknowledged; concurrent pushes share one fsync.
+	// Without it an acknowledged push survives a crash of the process (the
+	// WAL is written before the acknowledgement) but not of the machine:
+	// the TSDB itself fsyncs only full segments and on shutdown.
+	WALFsync bool
+	// Retention is how long blocks are kept.
+	Retention model.Duration
+	// RetentionSize caps the bytes of blocks kept; 0 means no cap.
+	RetentionSize ByteSize
+	// OutOfOrderWindow is how far behind the newest sample of the TSDB a
+	// sample may be and still be accepted out of order; 0 refuses every
+	// sample older than its series' newest, as Prometheus does by default.
+	OutOfOrderWindow model.Duration
+	// MaxExemplars is the size of the TSDB's exemplar ring buffer, shared by
+	// every series; 0 disables exemplar storage.
+	MaxExemplars int
+	// Limits protect the ingester from cardinality explosions and huge
+	// queries.
+	Limits Limits
+}
+
+// RegisterFlags registers the ingester's flags, with their defaults, in fs.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	fs.StringVar(&c.StoragePath, "storage.path", "./data", "Ingester data directory: the TSDB blocks and its write-ahead log.")
+	fs.BoolVar(&c.WALFsync, "storage.wal-fsync", true, "Fsync the WAL before acknowledging a push (concurrent pushes share one fsync), so an acknowledged push survives a machine crash. false acknowledges once the WAL is written, which survives a crash of the process only.")
+	c.Retention = model.Duration(15 * 24 * time.Hour)
+	fs.Var(&c.Retention, "storage.retention", "How long to keep blocks, e.g. 15d, 8w.")
+	c.RetentionSize = 0
+	fs.Var(&c.RetentionSize, "storage.retention-size", "Most bytes of blocks to keep, e.g. 512MB, 100GB (powers of 1024); the oldest blocks go first. 0 means no size limit. The WAL and head chunks come on top.")
+	c.OutOfOrderWindow = 0
+	fs.Var(&c.OutOfOrderWindow, "storage.out-of-order-window", "Accept samples older than their series' newest sample when they are at most this far behind the newest sample in the TSDB, e.g. 10m. 0 refuses them, as Prometheus does by default.")
+	fs.IntVar(&c.MaxExemplars, "storage.max-exemplars", 100_000, "Exemplars kept in memory, in one ring buffer shared by every series (about 100 bytes each). 0 disables exemplar storage.")
+	c.Limits.RegisterFlags(fs)
+}
+
+// Validate reports the first setting that cannot work.
+func (c *Config) Validate() error {
+	if c.StoragePath == "" {
+		return errors.New("--storage.path must not be empty")
+	}
+	if c.Retention <= 0 {
+		return fmt.Errorf("--storage.retention must be positive, got %s", c.Retention)
+	}
+	if c.RetentionSize < 0 {
+		return fmt.Errorf("--storage.retention-size must not be negative, got %s", c.RetentionSize)
+	}
+	if c.OutOfOrderWindow < 0 {
+		return fmt.Errorf("--storage.out-of-order-window must not be negative, got %s", c.OutOfOrderWindow)
+	}
+	if c.MaxExemplars < 0 {
+		return fmt.Errorf("--storage.max-exemplars must not be negative, got %d", c.MaxExemplars)
+	}
+	return c.Limits.Validate()
+}
+
+// Limits bound what one ingester takes: series limits stop a cardinality
+// explosion before the process runs out of memory, label limits refuse
+// series no sane exporter produces, and query limits stop one query from
+// reading the whole store. Every limit is enforced per ingester.
+type Limits struct {
+	// MaxSeries is the most series the TSDB head may hold; 0 derives it from
+	// the memory available to the process (see deriveMaxSeries).
+	MaxSeries int
+	// MaxSeriesPerMetric is the most head series of one metric name; 0
+	// makes it a fifth of MaxSeries.
+	MaxSeriesPerMetric int
+	// MaxLabelsPerSeries, MaxLabelNameLength and MaxLabelValueLength bound
+	// the labels of a new series; 0 means no limit.
+	MaxLabelsPerSeries  int
+	MaxLabelNameLength  int
+	MaxLabelValueLength int
+	// MaxQuerySeries and MaxQueryChunks bound what one QueryStream (and
+	// Series call) reads; 0 means no limit.
+	MaxQuerySeries int
+	MaxQueryChunks int
+	// MaxRequestBytes is the largest push message the gRPC server accepts.
+	// cmd/census passes it to grpc.MaxRecvMsgSize; it cannot exceed
+	// censuspb.MaxMessageSize, the most any Census client sends.
+	MaxRequestBytes ByteSize
+}
+
+// RegisterFlags registers the limits' flags, with their defaults, in fs.
+func (l *Limits) RegisterFlags(fs *flag.FlagSet) {
+	fs.IntVar(&l.MaxSeries, "ingester.max-series", 0, "Most series this ingester holds in memory; a push creating more is refused with ResourceExhausted. 0 derives it from the memory limit of the process (GOMEMLIMIT, else the cgroup limit, else physical memory): half of it at 8KiB per series.")
+	fs.IntVar(&l.MaxSeriesPerMetric, "ingester.max-series-per-metric", 0, "Most series of one metric name in this ingester. 0 means a fifth of --ingester.max-series.")
+	fs.IntVar(&l.MaxLabelsPerSeries, "ingester.max-labels-per-series", 64, "Most labels of a new series, __name__ included. 0 means no limit.")
+	fs.IntVar(&l.MaxLabelNameLength, "ingester.max-label-name-length", 1024, "Longest label name of a new series, in bytes. 0 means no limit.")
+	fs.IntVar(&l.MaxLabelValueLength, "ingester.max-label-value-length", 4096, "Longest label value of a new series, in bytes. 0 means no limit.")
+	fs.IntVar(&l.MaxQuerySeries, "ingester.max-query-series", 1_000_000, "Most series one query may read from this ingester. 0 means no limit.")
+	fs.IntVar(&l.MaxQueryChunks, "ingester.max-query-chunks", 4_000_000, "Most chunks (about 120 samples each) one query may read from this ingester. 0 means no limit.")
+	l.MaxRequestBytes = censuspb.MaxMessageSize
+	fs.Var(&l.MaxRequestBytes, "ingester.max-request-bytes", "Largest push request this ingester accepts, e.g. 16MB; larger ones fail with ResourceExhausted. At most 64MB, the largest message Census clients send.")
+}
+
+// Validate reports the first limit that cannot work.
+func (l *Limits) Validate() error {
+	for _, f := range []struct {
+		flag  string
+		value int
+	}{
+		{"--ingester.max-series", l.MaxSeries},
+		{"--ingester.max-series-per-metric", l.MaxSeriesPerMetric},
+		{"--ingester.max-labels-per-series", l.MaxLabelsPerSeries},
+		{"--ingester.max-label-name-length", l.MaxLabelNameLength},
+		{"--ingester.max-label-value-length", l.MaxLabelValueLength},
+		{"--ingester.max-query-series", l.MaxQuerySeries},
+		{"--ingester.max-query-chunks", l.MaxQueryChunks},
+	} {
+		if f.value < 0 {
+			return fmt.Errorf("%s must not be negative, got %d", f.flag, f.value)
+		}
+	}
+	if l.MaxRequestBytes < 1024 || l.MaxRequestBytes > censuspb.MaxMessageSize {
+		return fmt.Errorf("--ingester.max-request-bytes must be between 1KB and %s, got %s", ByteSize(censuspb.MaxMessageSize), l.MaxRequestBytes)
+	}
+	return nil
+}
+
+// ByteSize is a size in bytes that reads and prints with units of powers of
+// 1024, as Prometheus' --storage.tsdb.retention.size: B, KB, MB, GB, TB, PB
+// (KiB, MiB, ... are accepted too).
+type ByteSize int64
+
+var byteUnits = []struct {
+	suffix string
+	size   int64
+}{
+	{"PB", 1 << 50}, {"TB", 1 << 40}, {"GB", 1 << 30}, {"MB", 1 << 20}, {"KB", 1 << 10}, {"B", 1},
+}
+
+// Set parses s, such as "512MB" or "0".
+func (b *ByteSize) Set(s string) error {
+	num, unit := strings.ToUpper(strings.TrimSpace(s)), int64(1)
+	for _, u := range byteUnits {
+		if u.size == 1 {
+			num = strings.TrimSuffix(num, "B")
+			break
+		}
+		// KiB and KB mean the same: both are powers of 1024 here.
+		prefix := u.suffix[:1]
+		if trimmed, ok := strings.CutSuffix(num, prefix+"IB"); ok {
+			num, unit = trimmed, u.size
+			break
+		}
+		if trimmed, ok := strings.CutSuffix(num, prefix+"B"); ok {
+			num, unit = trimmed, u.size
+			break
+		}
+	}
+	n, err := strconv.ParseFloat(strings.TrimSpace(num), 64)
+	if err != nil || n < 0 || math.IsInf(n, 0) || math.IsNaN(n) || n*float64(unit) > math.MaxInt64 {
+		return fmt.Errorf("invalid size %q: want a number of bytes with an optional unit B, KB, MB, GB, TB or PB", s)
+	}
+	*b = ByteSize(n * float64(unit))
+	return nil
+}
+
+// String prints b in the largest unit that divides it exactly.
+func (b ByteSize) String() string {
+	if b == 0 {
+		return "0"
+	}
+	for _, u := range byteUnits {
+		if int64(b)%u.size == 0 {
+			return strconv.FormatInt(int64(b)/u.size, 10) + u.suffix
+		}
+	}
+	return strconv.FormatInt(int64(b), 10) + "B"
+}
