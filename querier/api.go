@@ -11,11 +11,13 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/grafana/regexp"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/prometheus/common/route"
 	"github.com/prometheus/prometheus/config"
 	"github.com/prometheus/prometheus/model/exemplar"
@@ -59,11 +61,15 @@ const (
 // Prometheus' PromQL engine with cfg's limits. It serves the full paths
 // under APIPrefix (/api/v1/query, /api/v1/series, ...), unstripped.
 //
-// Census stores no rules, alerts, targets, exemplars or metadata, so those
-// endpoints answer as an empty Prometheus would, and the TSDB admin
-// endpoints are disabled. Each call registers the engine's metrics on reg
-// (nil registers nothing); when reg is also a prometheus.Gatherer,
-// /api/v1/status/tsdb and /api/v1/status/self_metrics read from it.
+// When q is a *Queryable, every read of a request shares the request's
+// limits (cfg.MaxSeries, cfg.MaxChunks), a request with
+// partial_response=true tolerates any failed ingesters, and the exemplar,
+// metadata and /status/tsdb endpoints answer from the ingesters. Census
+// evaluates no rules, sends no alerts and scrapes nothing here, so those
+// endpoints answer as a Prometheus without any would, and the TSDB admin
+// endpoints are disabled. Each call registers the engine's and the API's
+// metrics on reg (nil registers nothing); when reg is also a
+// prometheus.Gatherer, /api/v1/status/self_metrics reads from it.
 func NewAPI(cfg Config, q storage.SampleAndChunkQueryable, build BuildInfo, logger *slog.Logger, reg prometheus.Registerer) (http.Handler, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("querier config: %w", err)
@@ -77,6 +83,25 @@ func NewAPI(cfg Config, q storage.SampleAndChunkQueryable, build BuildInfo, logg
 	}
 	if build.GoVersion == "" {
 		build.GoVersion = runtime.Version()
+	}
+	flags := cfg.Flags
+	if flags == nil {
+		flags = map[string]string{}
+	}
+
+	var (
+		exemplars storage.ExemplarQueryable = emptyExemplars{}
+		stats     v1.TSDBAdminStats         = emptyTSDB{}
+		cluster   *Queryable
+	)
+	if eq, ok := q.(storage.ExemplarQueryable); ok {
+		exemplars = eq
+	}
+	if cq, ok := q.(*Queryable); ok {
+		cluster = cq
+		cs := &clusterStats{q: cq, timeout: cfg.Timeout}
+		stats = cs
+		gatherer = statsGatherer{Gatherer: gatherer, stats: cs}
 	}
 
 	featureRegistry := features.NewRegistry()
@@ -100,19 +125,20 @@ func NewAPI(cfg Config, q storage.SampleAndChunkQueryable, build BuildInfo, logg
 	started := time.Now()
 	cwd, _ := os.Getwd() // Informational only, as in Prometheus.
 	conf := config.DefaultConfig
+	cors := regexp.MustCompile("^(?:.*)$") // Any origin, Prometheus' default.
 	api := v1.NewAPI(
 		engine,
 		q,
 		nil, // No appender: the remote write receiver is the distributor's.
-		emptyExemplars{},
+		exemplars,
 		func(context.Context) v1.ScrapePoolsRetriever { return emptyTargets{} },
 		func(context.Context) v1.TargetRetriever { return emptyTargets{} },
 		func(context.Context) v1.AlertmanagerRetriever { return emptyAlertmanagers{} },
 		func() config.Config { return conf },
-		map[string]string{},
+		flags,
 		v1.GlobalURLOptions{},
 		func(f http.HandlerFunc) http.HandlerFunc { return f }, // Readiness is the server's /ready.
-		emptyTSDB{},
+		stats,
 		"",    // dbDir
 		false, // enableAdmin
 		false, // enableSearch
@@ -122,8 +148,8 @@ func NewAPI(cfg Config, q storage.SampleAndChunkQueryable, build BuildInfo, logg
 		remoteReadSampleLimit,
 		remoteReadConcurrencyLimit,
 		remoteReadMaxBytesInFrame,
-		false,                          // isAgent
-		regexp.MustCompile("^(?:.*)$"), // CORS: any origin, Prometheus' default.
+		false, // isAgent
+		cors,
 		func() (v1.RuntimeInfo, error) { return runtimeInfo(started, cwd) },
 		&v1.PrometheusVersion{
 			Version:   build.Version,
@@ -154,26 +180,104 @@ func NewAPI(cfg Config, q storage.SampleAndChunkQueryable, build BuildInfo, logg
 
 	router := route.New()
 	api.Register(router.WithPrefix(APIPrefix))
-	return postLabelValues(router), nil
+	h := &apiHandler{
+		cfg:     cfg,
+		router:  router,
+		metrics: newAPIMetrics(reg),
+		byRoute: map[string]http.Handler{},
+	}
+	if cluster != nil {
+		h.metadata = metadataHandler(cluster, cors)
+	}
+	for _, ep := range apiEndpoints {
+		h.byRoute[ep] = h.instrument(ep)
+	}
+	h.byRoute[otherEndpoint] = h.instrument(otherEndpoint)
+	return h, nil
 }
 
-// postLabelValues lets /api/v1/label/<name>/values take a POST form, as
-// every other read endpoint does: Prometheus registers it for GET only, and
-// clients that put long match[] selectors in a form body need it.
-func postLabelValues(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodPost && strings.HasPrefix(r.URL.Path, APIPrefix+"/label/") && strings.HasSuffix(r.URL.Path, "/values") {
-			// ParseForm reads the body into r.Form, which the GET handler
-			// then finds already parsed.
-			if err := r.ParseForm(); err != nil {
-				http.Error(w, fmt.Sprintf("parse form: %v", err), http.StatusBadRequest)
-				return
-			}
-			r = r.Clone(r.Context())
-			r.Method = http.MethodGet
+// apiEndpoints are the routes of the API, as the "endpoint" label of
+// census_querier_request_duration_seconds names them; any other path is
+// "other", so that the label's values stay few.
+var apiEndpoints = []string{
+	"/query", "/query_range", "/query_exemplars", "/format_query", "/parse_query",
+	"/labels", "/label/:name/values", "/series", "/metadata", "/read",
+	"/targets", "/targets/metadata", "/scrape_pools", "/alertmanagers", "/alerts", "/rules",
+	"/status/config", "/status/runtimeinfo", "/status/buildinfo", "/status/flags",
+	"/status/tsdb", "/status/tsdb/blocks", "/status/walreplay", "/status/self_metrics",
+	"/features", "/notifications", "/notifications/live",
+}
+
+const otherEndpoint = "other"
+
+// apiHandler serves every request of the API: it instruments it, gives its
+// reads their shared request state, and routes it to Prometheus' handlers,
+// except /metadata, which Census answers from the ingesters.
+type apiHandler struct {
+	cfg      Config
+	router   http.Handler
+	metadata http.Handler // Nil without a *Queryable: Prometheus' empty answer.
+	metrics  *apiMetrics
+	byRoute  map[string]http.Handler // The instrumented serve, by endpoint.
+}
+
+// ServeHTTP implements http.Handler.
+func (h *apiHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	ep := strings.TrimPrefix(r.URL.Path, APIPrefix)
+	if strings.HasPrefix(ep, "/label/") && strings.HasSuffix(ep, "/values") {
+		ep = "/label/:name/values"
+	}
+	next, ok := h.byRoute[ep]
+	if !ok || !strings.HasPrefix(r.URL.Path, APIPrefix+"/") {
+		next = h.byRoute[otherEndpoint]
+	}
+	next.ServeHTTP(w, r)
+}
+
+// instrument returns the serve of endpoint ep, observed in
+// census_querier_request_duration_seconds.
+func (h *apiHandler) instrument(ep string) http.Handler {
+	obs := h.metrics.requestDuration.MustCurryWith(prometheus.Labels{"endpoint": APIPrefix + ep})
+	if ep == otherEndpoint {
+		obs = h.metrics.requestDuration.MustCurryWith(prometheus.Labels{"endpoint": ep})
+	}
+	return promhttp.InstrumentHandlerDuration(obs, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.serve(w, r, ep)
+	}))
+}
+
+func (h *apiHandler) serve(w http.ResponseWriter, r *http.Request, ep string) {
+	req := &request{maxSeries: int64(h.cfg.MaxSeries), maxChunks: int64(h.cfg.MaxChunks)}
+	if r.Method == http.MethodGet || r.Method == http.MethodPost {
+		// Parsing the form here reads a POST body once; Prometheus'
+		// handlers then find r.Form filled.
+		if err := r.ParseForm(); err != nil {
+			respondError(w, errorBadData, fmt.Errorf("error parsing form values: %w", err))
+			return
 		}
-		next.ServeHTTP(w, r)
-	})
+		// Thanos' parameter: answer with what the reachable ingesters
+		// have, with warnings, however many failed.
+		req.partialResponse, _ = strconv.ParseBool(r.Form.Get("partial_response"))
+	}
+	r = r.WithContext(withRequest(r.Context(), req))
+
+	switch {
+	case ep == "/metadata" && r.Method == http.MethodGet && h.metadata != nil:
+		h.metadata.ServeHTTP(w, r)
+	case ep == "/label/:name/values" && r.Method == http.MethodPost:
+		// Prometheus registers label values for GET only; clients that
+		// put long match[] selectors in a form body need POST too. The
+		// form is parsed already, so the GET handler finds it.
+		r.Method = http.MethodGet
+		h.router.ServeHTTP(w, r)
+	default:
+		h.router.ServeHTTP(w, r)
+	}
+
+	if req.selects.Load() > 0 {
+		h.metrics.querySeries.Observe(float64(req.series.Load()))
+		h.metrics.queryChunks.Observe(float64(req.chunks.Load()))
+	}
 }
 
 func runtimeInfo(started time.Time, cwd string) (v1.RuntimeInfo, error) {
@@ -227,8 +331,8 @@ type emptyRules struct{}
 func (emptyRules) RuleGroups() []*rules.Group           { return []*rules.Group{} }
 func (emptyRules) AlertingRules() []*rules.AlertingRule { return []*rules.AlertingRule{} }
 
-// emptyExemplars answers /api/v1/query_exemplars: Census stores no
-// exemplars yet.
+// emptyExemplars answers /api/v1/query_exemplars over a queryable without
+// exemplars.
 type emptyExemplars struct{}
 
 func (emptyExemplars) ExemplarQuerier(context.Context) (storage.ExemplarQuerier, error) {
@@ -240,8 +344,8 @@ func (emptyExemplars) Select(int64, int64, ...[]*labels.Matcher) ([]exemplar.Que
 }
 
 // emptyTSDB answers the TSDB status endpoints for a querier, which has no
-// TSDB of its own: the ingesters have. The admin endpoints never reach it,
-// since they are disabled.
+// TSDB of its own (clusterStats asks the ingesters). The admin endpoints
+// never reach it, since they are disabled.
 type emptyTSDB struct{}
 
 func (emptyTSDB) CleanTombstones() error                                         { return errNotStored }

@@ -6,8 +6,8 @@ import (
 	"time"
 )
 
-// Config is the querier's configuration: the limits of the PromQL engine
-// behind the HTTP API.
+// Config is the querier's configuration: the limits of one query and of
+// the PromQL engine behind the HTTP API.
 type Config struct {
 	// Timeout bounds one query's evaluation, fan-out to the ingesters
 	// included.
@@ -15,16 +15,36 @@ type Config struct {
 	// MaxSamples is the most samples one query may hold in memory at once
 	// (the engine's MaxSamples).
 	MaxSamples int
+	// MaxSeries is the most series one query may fetch from the ingesters,
+	// counted once however many replicas sent them and summed over the
+	// query's selectors. 0 means no limit.
+	MaxSeries int
+	// MaxChunks is the most chunks one query may fetch from the ingesters,
+	// counting every replica's copy: what crosses the wire. 0 means no
+	// limit.
+	MaxChunks int
 	// LookbackDelta is how far back an instant selector looks for a sample.
 	LookbackDelta time.Duration
+
+	// Flags are the process's flags and their values, as
+	// /api/v1/status/flags shows them. It is not a flag itself: cmd/census
+	// fills it once the flags are parsed. Nil shows none.
+	Flags map[string]string
 }
 
 // RegisterFlags registers the querier's flags, with their defaults, in fs.
-// The names and defaults are Prometheus' own, so its users find them where
-// they expect.
+// The names and defaults of the engine's are Prometheus' own, so its users
+// find them where they expect.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.Timeout, "query.timeout", 2*time.Minute, "Maximum time a query may take before it is aborted.")
 	fs.IntVar(&c.MaxSamples, "query.max-samples", 50000000, "Maximum number of samples a single query can load into memory. A query over the limit fails.")
+	// One million series is ten times what a busy dashboard panel selects,
+	// and what a querier holds comfortably: the chunks of a series over a
+	// day are a few kilobytes.
+	fs.IntVar(&c.MaxSeries, "query.max-series", 1000000, "Maximum number of series a single query may fetch from the ingesters, each counted once however many replicas hold it. A query over the limit fails. 0 means no limit.")
+	// Three replicas of each of the million series above, each with a few
+	// chunks: about 1 GB of chunks at most.
+	fs.IntVar(&c.MaxChunks, "query.max-chunks", 10000000, "Maximum number of chunks a single query may fetch from the ingesters, counting every replica's copy. A query over the limit fails. 0 means no limit.")
 	fs.DurationVar(&c.LookbackDelta, "query.lookback-delta", 5*time.Minute, "How far back an instant vector selector looks for the latest sample of a series.")
 }
 
@@ -35,6 +55,10 @@ func (c *Config) Validate() error {
 		return errors.New("--query.timeout must be positive")
 	case c.MaxSamples <= 0:
 		return errors.New("--query.max-samples must be positive")
+	case c.MaxSeries < 0:
+		return errors.New("--query.max-series must not be negative")
+	case c.MaxChunks < 0:
+		return errors.New("--query.max-chunks must not be negative")
 	case c.LookbackDelta <= 0:
 		return errors.New("--query.lookback-delta must be positive")
 	}

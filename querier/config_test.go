@@ -18,12 +18,12 @@ func TestConfig_RegisterFlags(t *testing.T) {
 	}{
 		{
 			name: "defaults",
-			want: querier.Config{Timeout: 2 * time.Minute, MaxSamples: 50000000, LookbackDelta: 5 * time.Minute},
+			want: querier.Config{Timeout: 2 * time.Minute, MaxSamples: 50000000, MaxSeries: 1000000, MaxChunks: 10000000, LookbackDelta: 5 * time.Minute},
 		},
 		{
 			name: "set",
-			args: []string{"--query.timeout=30s", "--query.max-samples=1000", "--query.lookback-delta=1m"},
-			want: querier.Config{Timeout: 30 * time.Second, MaxSamples: 1000, LookbackDelta: time.Minute},
+			args: []string{"--query.timeout=30s", "--query.max-samples=1000", "--query.max-series=10", "--query.max-chunks=0", "--query.lookback-delta=1m"},
+			want: querier.Config{Timeout: 30 * time.Second, MaxSamples: 1000, MaxSeries: 10, LookbackDelta: time.Minute},
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -46,6 +46,8 @@ func TestConfig_Validate(t *testing.T) {
 	}{
 		{name: "zero timeout", modify: func(c *querier.Config) { c.Timeout = 0 }, wantErr: "--query.timeout"},
 		{name: "negative max samples", modify: func(c *querier.Config) { c.MaxSamples = -1 }, wantErr: "--query.max-samples"},
+		{name: "negative max series", modify: func(c *querier.Config) { c.MaxSeries = -1 }, wantErr: "--query.max-series"},
+		{name: "negative max chunks", modify: func(c *querier.Config) { c.MaxChunks = -1 }, wantErr: "--query.max-chunks"},
 		{name: "zero lookback delta", modify: func(c *querier.Config) { c.LookbackDelta = 0 }, wantErr: "--query.lookback-delta"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -2,6 +2,7 @@ package querier
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -33,7 +34,7 @@ func (e *IngesterError) Error() string {
 func (e *IngesterError) Unwrap() error { return e.Err }
 
 // IngesterErrors is the failure of a read: more ingesters failed than the
-// replication factor covers.
+// replicas cover (see failures).
 type IngesterErrors struct {
 	Failed            []*IngesterError
 	Asked             int
@@ -43,7 +44,7 @@ type IngesterErrors struct {
 // Error names every failed ingester.
 func (e *IngesterErrors) Error() string {
 	var sb strings.Builder
-	fmt.Fprintf(&sb, "%d of %d ingesters failed, more than replication factor %d tolerates: ", len(e.Failed), e.Asked, e.ReplicationFactor)
+	fmt.Fprintf(&sb, "%d of %d ingesters failed, more than replication factor %d tolerates (add partial_response=true for what the others have): ", len(e.Failed), e.Asked, e.ReplicationFactor)
 	for i, f := range e.Failed {
 		if i > 0 {
 			sb.WriteString("; ")
@@ -72,22 +73,40 @@ func (e *IngesterErrors) Unwrap() []error {
 	return errs
 }
 
+// errUnhealthy is the failure of an ingester the ring still lists but that
+// stopped heartbeating: it is not asked, and its replicas count as missing.
+var errUnhealthy = errors.New("unhealthy in the ring: no recent heartbeat, not asked")
+
 // failures collects the ingesters that failed during one read and decides
-// whether their replicas still make the answer complete: every series has
-// ReplicationFactor copies on distinct ingesters, so up to RF-1 failed
-// ingesters lose no series. Zone awareness could tolerate more (a whole
-// zone); that is for later.
+// whether the replicas on the others still make the answer complete.
+//
+// A push is acknowledged once a quorum of RF/2+1 replicas stored it, so an
+// acknowledged sample may be missing on RF/2 replicas of its series. A read
+// is therefore complete only when it reached RF-RF/2 replicas of every
+// series: it tolerates RF/2 failed ingesters (one of three, two of five).
+// When every ingester has a zone and there are at least RF zones, the ring
+// puts the replicas of a series in distinct zones, so failures confined to
+// RF/2 zones are tolerated however many ingesters those zones hold: a whole
+// zone may be down. A request for a partial response tolerates any failure
+// and is told what is missing in warnings.
 type failures struct {
-	ctx   context.Context // The caller's: once it is done, failures are its fault.
-	rf    int
-	asked int
+	ctx     context.Context // The caller's: once it is done, failures are its fault.
+	rf      int
+	all     []ring.InstanceDesc // Every instance that may hold data, asked or not.
+	partial bool
 
 	mtx    sync.Mutex // Guards failed: the ingesters of a fan-out fail concurrently.
 	failed []*IngesterError
 }
 
-func newFailures(ctx context.Context, rf, asked int) *failures {
-	return &failures{ctx: ctx, rf: max(rf, 1), asked: asked}
+// newFailures returns the failures of a read of asked; unhealthy instances
+// were not asked and count as failed from the start.
+func newFailures(ctx context.Context, rf int, asked, unhealthy []ring.InstanceDesc) *failures {
+	f := &failures{ctx: ctx, rf: max(rf, 1), all: slices.Concat(asked, unhealthy), partial: partialResponse(ctx)}
+	for _, inst := range unhealthy {
+		f.failed = append(f.failed, &IngesterError{Instance: inst, Err: errUnhealthy})
+	}
+	return f
 }
 
 func (f *failures) add(inst ring.InstanceDesc, err error) {
@@ -100,41 +119,108 @@ func (f *failures) add(inst ring.InstanceDesc, err error) {
 func (f *failures) err() error {
 	f.mtx.Lock()
 	defer f.mtx.Unlock()
-	n := len(f.failed)
 	switch {
-	case n == 0:
+	case len(f.failed) == 0:
 		return nil
+	case f.timedOut():
+		// The ingesters failed because the query timed out or was
+		// canceled; say so in the engine's terms, so the API answers as
+		// Prometheus does: 503 "timeout" or 499 "canceled".
+		return promql.ErrQueryTimeout("fetching series from the ingesters")
 	case f.ctx.Err() != nil:
-		// The ingesters failed because the query was canceled or timed
-		// out; say so, so the API answers "canceled" or "timeout".
-		return fmt.Errorf("query ingesters: %w", context.Cause(f.ctx))
-	case n < f.rf && n < f.asked:
+		return promql.ErrQueryCanceled("fetching series from the ingesters")
+	case f.partial, f.toleratedLocked():
 		return nil
 	}
-	return &IngesterErrors{Failed: slices.Clone(f.failed), Asked: f.asked, ReplicationFactor: f.rf}
+	return &IngesterErrors{Failed: slices.Clone(f.failed), Asked: len(f.all), ReplicationFactor: f.rf}
 }
 
-// warnings names each tolerated failure, so a user learns that the answer
-// came from fewer replicas than usual.
+// timedOut reports whether the read's deadline has passed. It looks at the
+// clock rather than at ctx.Err: gRPC fails a stream at the deadline on a
+// timer of its own, which may fire before the context's.
+func (f *failures) timedOut() bool {
+	deadline, ok := f.ctx.Deadline()
+	return errors.Is(f.ctx.Err(), context.DeadlineExceeded) || (ok && !time.Now().Before(deadline))
+}
+
+// toleratedLocked reports whether the replicas on the ingesters that did
+// not fail hold every series.
+func (f *failures) toleratedLocked() bool {
+	n := len(f.failed)
+	if n >= len(f.all) {
+		return false
+	}
+	if n <= f.rf/2 {
+		return true
+	}
+	zones := map[string]struct{}{}
+	for _, inst := range f.all {
+		if inst.Zone == "" {
+			return false
+		}
+		zones[inst.Zone] = struct{}{}
+	}
+	if len(zones) < f.rf {
+		return false
+	}
+	clear(zones)
+	for _, e := range f.failed {
+		zones[e.Instance.Zone] = struct{}{}
+	}
+	return len(zones) <= f.rf/2
+}
+
+// warnings names each failure of an answer that is returned anyway: from
+// the other replicas when they cover it, or as a partial response when the
+// request asked for one.
 func (f *failures) warnings() annotations.Annotations {
 	if f.err() != nil {
 		return nil
 	}
 	f.mtx.Lock()
 	defer f.mtx.Unlock()
+	if len(f.failed) == 0 {
+		return nil
+	}
+	prefix := "answered from replicas"
+	if !f.toleratedLocked() {
+		prefix = "partial response, series may be missing"
+	}
 	var ws annotations.Annotations
 	for _, e := range f.failed {
-		ws.Add(fmt.Errorf("answered from replicas: %w", e))
+		ws.Add(fmt.Errorf("%s: %w", prefix, e))
 	}
 	return ws
+}
+
+// instances returns the instances a read asks, and those it cannot ask
+// because the ring reports them unhealthy.
+func (q *Queryable) instances() (asked, unhealthy []ring.InstanceDesc) {
+	asked = q.ring.ReadInstances()
+	all, ok := q.ring.(interface{ Instances() []ring.InstanceDesc })
+	if !ok {
+		return asked, nil
+	}
+	for _, inst := range all.Instances() {
+		// A LEFT instance is a tombstone: it holds nothing. Any other
+		// state may hold data a read needs.
+		if inst.State == ring.LEFT {
+			continue
+		}
+		if slices.ContainsFunc(asked, func(a ring.InstanceDesc) bool { return a.ID == inst.ID }) {
+			continue
+		}
+		unhealthy = append(unhealthy, inst)
+	}
+	return asked, unhealthy
 }
 
 // fanOut calls fn once per instance, concurrently, and returns the results
 // indexed like instances along with the failures. A failed call leaves the
 // zero T in its place.
-func fanOut[T any](ctx context.Context, q *Queryable, op string, instances []ring.InstanceDesc, fn func(context.Context, censuspb.IngesterClient) (T, error)) ([]T, *failures) {
+func fanOut[T any](ctx context.Context, q *Queryable, op string, instances, unhealthy []ring.InstanceDesc, fn func(context.Context, censuspb.IngesterClient) (T, error)) ([]T, *failures) {
 	results := make([]T, len(instances))
-	fails := newFailures(ctx, q.ring.ReplicationFactor(), len(instances))
+	fails := newFailures(ctx, q.ring.ReplicationFactor(), instances, unhealthy)
 	var wg sync.WaitGroup
 	for i, inst := range instances {
 		wg.Go(func() {

@@ -4,15 +4,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"sync/atomic"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/model/metadata"
 	"github.com/prometheus/prometheus/storage"
 	"github.com/prometheus/prometheus/tsdb"
 	"github.com/prometheus/prometheus/tsdb/chunks"
+	"github.com/prometheus/prometheus/tsdb/index"
 	"github.com/prometheus/prometheus/util/teststorage"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
@@ -38,6 +41,15 @@ type testIngester struct {
 	// client cancels, so a test sees whether the querier releases it.
 	holdStreams atomic.Bool
 	openStreams atomic.Int64
+	// holdBeforeSending makes QueryStream wait for the client to cancel
+	// before it sends anything, as an ingester busy with a big selection.
+	holdBeforeSending atomic.Bool
+	// canceledStreams counts the streams whose context the client
+	// canceled while QueryStream was serving them.
+	canceledStreams atomic.Int64
+
+	// metadata is what MetricsMetadata answers, by metric family.
+	metadata map[string][]metadata.Metadata
 }
 
 const seriesPerFrame = 3
@@ -45,6 +57,15 @@ const seriesPerFrame = 3
 func (s *testIngester) QueryStream(req *censuspb.QueryStreamRequest, stream grpc.ServerStreamingServer[censuspb.QueryStreamResponse]) error {
 	s.openStreams.Add(1)
 	defer s.openStreams.Add(-1)
+	defer func() {
+		if stream.Context().Err() != nil {
+			s.canceledStreams.Add(1)
+		}
+	}()
+	if s.holdBeforeSending.Load() {
+		<-stream.Context().Done()
+		return stream.Context().Err()
+	}
 	ms, err := censuspb.ToMatchers(req.GetMatchers())
 	if err != nil {
 		return status.Error(codes.InvalidArgument, err.Error())
@@ -141,6 +162,95 @@ func (s *testIngester) Series(ctx context.Context, req *censuspb.SeriesRequest) 
 	return resp, set.Err()
 }
 
+func (s *testIngester) QueryExemplars(ctx context.Context, req *censuspb.ExemplarsRequest) (*censuspb.ExemplarsResponse, error) {
+	var sets [][]*labels.Matcher
+	for _, ms := range req.GetMatcherSets() {
+		m, err := censuspb.ToMatchers(ms.GetMatchers())
+		if err != nil {
+			return nil, status.Error(codes.InvalidArgument, err.Error())
+		}
+		sets = append(sets, m)
+	}
+	eq, err := s.db.ExemplarQuerier(ctx)
+	if err != nil {
+		return nil, err
+	}
+	res, err := eq.Select(req.GetStartMs(), req.GetEndMs(), sets...)
+	if err != nil {
+		return nil, err
+	}
+	resp := &censuspb.ExemplarsResponse{}
+	for _, r := range res {
+		se := &censuspb.SeriesExemplars{Labels: censuspb.FromLabels(nil, r.SeriesLabels)}
+		for _, e := range r.Exemplars {
+			se.Exemplars = append(se.Exemplars, censuspb.FromExemplar(e))
+		}
+		resp.Series = append(resp.Series, se)
+	}
+	return resp, nil
+}
+
+func (s *testIngester) MetricsMetadata(_ context.Context, req *censuspb.MetricsMetadataRequest) (*censuspb.MetricsMetadataResponse, error) {
+	resp := &censuspb.MetricsMetadataResponse{}
+	families := 0
+	for family, mds := range s.metadata {
+		if req.GetMetric() != "" && family != req.GetMetric() {
+			continue
+		}
+		if req.GetLimit() > 0 && int64(families) >= req.GetLimit() {
+			break
+		}
+		families++
+		for i, md := range mds {
+			if req.GetLimitPerMetric() > 0 && int64(i) >= req.GetLimitPerMetric() {
+				break
+			}
+			resp.Metadata = append(resp.Metadata, &censuspb.MetricMetadata{MetricFamily: family, Metadata: censuspb.FromMetadata(md)})
+		}
+	}
+	return resp, nil
+}
+
+func (s *testIngester) TSDBStats(ctx context.Context, req *censuspb.TSDBStatsRequest) (*censuspb.TSDBStatsResponse, error) {
+	name := req.GetLabelName()
+	if name == "" {
+		name = labels.MetricName
+	}
+	st := s.db.Head().Stats(name, int(req.GetLimit()))
+	resp := &censuspb.TSDBStatsResponse{
+		NumSeries:     st.NumSeries,
+		MinTimeMs:     st.MinTime,
+		MaxTimeMs:     st.MaxTime,
+		NumLabelPairs: int64(st.IndexPostingStats.NumLabelPairs),
+	}
+	conv := func(in []index.Stat) []*censuspb.Stat {
+		var out []*censuspb.Stat
+		for _, x := range in {
+			out = append(out, &censuspb.Stat{Name: x.Name, Count: x.Count})
+		}
+		return out
+	}
+	resp.CardinalityMetrics = conv(st.IndexPostingStats.CardinalityMetricsStats)
+	resp.CardinalityLabels = conv(st.IndexPostingStats.CardinalityLabelStats)
+	resp.LabelValueBytes = conv(st.IndexPostingStats.LabelValueStats)
+	resp.LabelValuePairs = conv(st.IndexPostingStats.LabelValuePairsStats)
+	// The head's chunk count, as its prometheus_tsdb_head_chunks gauge.
+	q, err := s.db.ChunkQuerier(math.MinInt64, math.MaxInt64)
+	if err != nil {
+		return nil, err
+	}
+	defer q.Close()
+	set := q.Select(ctx, false, nil, labels.MustNewMatcher(labels.MatchRegexp, labels.MetricName, ".+"))
+	var it chunks.Iterator
+	for set.Next() {
+		it = set.At().Iterator(it)
+		for it.Next() {
+			resp.ChunkCount++
+		}
+	}
+	return resp, set.Err()
+}
+
 func (s *testIngester) querier(wire []*censuspb.LabelMatcher, mint, maxt int64) ([]*labels.Matcher, storage.Querier, error) {
 	ms, err := censuspb.ToMatchers(wire)
 	if err != nil {
@@ -187,6 +297,17 @@ type fakeRing struct {
 
 func (r *fakeRing) ReadInstances() []ring.InstanceDesc { return r.instances }
 func (r *fakeRing) ReplicationFactor() int             { return r.rf }
+
+// fakeRingWithUnhealthy is a fakeRing that also lists instances whose
+// heartbeat is stale, as *ring.Ring's Instances does.
+type fakeRingWithUnhealthy struct {
+	fakeRing
+	unhealthy []ring.InstanceDesc
+}
+
+func (r *fakeRingWithUnhealthy) Instances() []ring.InstanceDesc {
+	return append(append([]ring.InstanceDesc{}, r.instances...), r.unhealthy...)
+}
 
 // newTestDB returns an empty TSDB that is closed when the test ends.
 func newTestDB(t testing.TB) *tsdb.DB {

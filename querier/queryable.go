@@ -24,7 +24,10 @@ import (
 // errClosed is returned by the reads of a closed querier.
 var errClosed = errors.New("querier is closed")
 
-// Ring is what the querier needs of the ring.
+// Ring is what the querier needs of the ring. When it also has the method
+// Instances() []ring.InstanceDesc (as *ring.Ring has), ACTIVE or LEAVING
+// instances that ReadInstances leaves out for a stale heartbeat count as
+// failed ingesters, so that their missing replicas are noticed.
 type Ring interface {
 	// ReadInstances returns every healthy instance that may hold data.
 	ReadInstances() []ring.InstanceDesc
@@ -33,17 +36,23 @@ type Ring interface {
 }
 
 // Queryable implements storage.SampleAndChunkQueryable over the ingesters of
-// the ring. Every read asks every instance ReadInstances returns and merges
-// what they answer, so each sample stored on several replicas appears once.
-// A read tolerates ReplicationFactor()-1 failed ingesters, adding a warning
-// that names them; more fail it with an *IngesterErrors. It is safe for
-// concurrent use.
+// the ring. Every read asks every instance ReadInstances returns, with the
+// matchers and the time range, so the ingesters select the series and
+// chunks; it merges what they answer, so each sample stored on several
+// replicas appears once. A read tolerates ReplicationFactor()-1 failed
+// ingesters (or failed zones, see failures), adding a warning that names
+// them; more fail it with an *IngesterErrors. It is safe for concurrent use.
 type Queryable struct {
 	ring    Ring
 	clients *censuspb.ClientPool
 	logger  *slog.Logger
 	metrics *metrics
 }
+
+var (
+	_ storage.SampleAndChunkQueryable = (*Queryable)(nil)
+	_ storage.ExemplarQueryable       = (*Queryable)(nil)
+)
 
 // NewQueryable returns a Queryable that reaches the ingesters of r through
 // clients. A nil logger discards; a nil reg registers nothing.
@@ -85,8 +94,13 @@ func (q *Queryable) newReader(mint, maxt int64) *reader {
 // streams is one Select's fan-out of QueryStream calls.
 type streams struct {
 	fails  *failures
+	req    *request // The HTTP request's limits and counters; nil outside the API.
+	cancel context.CancelFunc
 	opened sync.WaitGroup
 	all    []*ingesterStream // Indexed like the instances; complete once opened is done.
+
+	stopMtx sync.Mutex // Guards stopErr.
+	stopErr error      // Why the query stopped the streams itself.
 }
 
 // open starts a QueryStream on every instance and returns without waiting
@@ -94,8 +108,8 @@ type streams struct {
 // concurrently; nil means there are no instances. The streams live until
 // Close.
 func (r *reader) open(ctx context.Context, hints *storage.SelectHints, matchers []*labels.Matcher) (*streams, error) {
-	instances := r.q.ring.ReadInstances()
-	if len(instances) == 0 {
+	instances, unhealthy := r.q.instances()
+	if len(instances) == 0 && len(unhealthy) == 0 {
 		return nil, nil
 	}
 	start, end := r.mint, r.maxt
@@ -113,8 +127,13 @@ func (r *reader) open(ctx context.Context, hints *storage.SelectHints, matchers 
 	r.cancels = append(r.cancels, cancel)
 
 	st := &streams{
-		fails: newFailures(ctx, r.q.ring.ReplicationFactor(), len(instances)),
-		all:   make([]*ingesterStream, len(instances)),
+		fails:  newFailures(ctx, r.q.ring.ReplicationFactor(), instances, unhealthy),
+		req:    requestFrom(ctx),
+		cancel: cancel,
+		all:    make([]*ingesterStream, len(instances)),
+	}
+	if st.req != nil {
+		st.req.selects.Add(1)
 	}
 	st.opened.Add(len(instances))
 	r.opening.Add(len(instances))
@@ -122,7 +141,7 @@ func (r *reader) open(ctx context.Context, hints *storage.SelectHints, matchers 
 		go func() {
 			defer r.opening.Done()
 			defer st.opened.Done()
-			st.all[i] = r.q.openStream(streamCtx, inst, req, st.fails)
+			st.all[i] = r.q.openStream(streamCtx, inst, req, st)
 		}()
 	}
 	return st, nil
@@ -138,6 +157,35 @@ func (st *streams) live() []*ingesterStream {
 		}
 	}
 	return live
+}
+
+// stop ends every stream of the Select because the query cannot go on
+// (a breached limit): the ingesters stop sending.
+func (st *streams) stop(err error) {
+	st.stopMtx.Lock()
+	if st.stopErr == nil {
+		st.stopErr = err
+	}
+	st.stopMtx.Unlock()
+	st.cancel()
+}
+
+func (st *streams) stopped() bool {
+	st.stopMtx.Lock()
+	defer st.stopMtx.Unlock()
+	return st.stopErr != nil
+}
+
+// err is why the Select cannot answer: the query stopped it, or more
+// ingesters failed than the replicas cover.
+func (st *streams) err() error {
+	st.stopMtx.Lock()
+	err := st.stopErr
+	st.stopMtx.Unlock()
+	if err != nil {
+		return err
+	}
+	return st.fails.err()
 }
 
 // LabelNames returns the sorted union of the label names of the series that
@@ -170,11 +218,11 @@ func labelLimit(hints *storage.LabelHints) int64 {
 }
 
 func (r *reader) labelQuery(ctx context.Context, op string, hints *storage.LabelHints, call func(context.Context, censuspb.IngesterClient) ([]string, error)) ([]string, annotations.Annotations, error) {
-	instances := r.q.ring.ReadInstances()
-	if len(instances) == 0 {
+	instances, unhealthy := r.q.instances()
+	if len(instances) == 0 && len(unhealthy) == 0 {
 		return nil, nil, nil
 	}
-	results, fails := fanOut(ctx, r.q, op, instances, call)
+	results, fails := fanOut(ctx, r.q, op, instances, unhealthy, call)
 	if err := fails.err(); err != nil {
 		return nil, nil, err
 	}
@@ -234,32 +282,18 @@ func (q *querier) Select(ctx context.Context, _ bool, hints *storage.SelectHints
 	if hints != nil {
 		limit, mint, maxt, trim = hints.Limit, hints.Start, hints.End, !hints.DisableTrimming
 	}
-	return &fanoutSet[storage.Series]{
-		fails: st.fails,
-		merge: func() seriesSet[storage.Series] {
-			live := st.live()
-			sets := make([]storage.SeriesSet, len(live))
-			for i, s := range live {
-				sets[i] = storage.NewSeriesSetFromChunkSeriesSet(s)
-			}
-			set := storage.NewMergeSeriesSet(sets, limit, storage.ChainedSeriesMerge)
-			if trim {
-				set = &trimmedSeriesSet{SeriesSet: set, mint: mint, maxt: maxt}
-			}
-			return set
-		},
-	}
+	return mergedSeriesSet{m: newReplicaMerge(st, limit, mint, maxt, trim)}
 }
 
 // selectLabelSets answers a Select for label sets only with the ingesters'
 // Series call, which sends no chunks.
 func (q *querier) selectLabelSets(ctx context.Context, hints *storage.SelectHints, matchers []*labels.Matcher) storage.SeriesSet {
-	instances := q.q.ring.ReadInstances()
-	if len(instances) == 0 {
+	instances, unhealthy := q.q.instances()
+	if len(instances) == 0 && len(unhealthy) == 0 {
 		return storage.EmptySeriesSet()
 	}
 	req := &censuspb.SeriesRequest{StartMs: hints.Start, EndMs: hints.End, Matchers: censuspb.FromMatchers(matchers), Limit: int64(max(hints.Limit, 0))}
-	results, fails := fanOut(ctx, q.q, opSeries, instances, func(ctx context.Context, c censuspb.IngesterClient) ([]labels.Labels, error) {
+	results, fails := fanOut(ctx, q.q, opSeries, instances, unhealthy, func(ctx context.Context, c censuspb.IngesterClient) ([]labels.Labels, error) {
 		resp, err := c.Series(ctx, req)
 		if err != nil {
 			return nil, err
@@ -288,6 +322,12 @@ func (q *querier) selectLabelSets(ctx context.Context, hints *storage.SelectHint
 	if hints.Limit > 0 && len(all) > hints.Limit {
 		all = all[:hints.Limit]
 	}
+	if req := requestFrom(ctx); req != nil {
+		req.selects.Add(1)
+		if err := req.addSeries(int64(len(all))); err != nil {
+			return storage.ErrSeriesSet(err)
+		}
+	}
 	return &labelSetsSet{sets: all, warnings: fails.warnings()}
 }
 
@@ -297,8 +337,9 @@ type chunkQuerier struct {
 }
 
 // Select returns the series that match matchers with their chunks that
-// overlap the hinted range, each series once: overlapping chunks of its
-// replicas are merged and re-encoded, so each sample appears once.
+// overlap the hinted range, each series once: identical chunks of its
+// replicas are returned once, and chunks that overlap without being
+// identical are merged and re-encoded, so each sample appears once.
 func (q *chunkQuerier) Select(ctx context.Context, _ bool, hints *storage.SelectHints, matchers ...*labels.Matcher) storage.ChunkSeriesSet {
 	st, err := q.open(ctx, hints, matchers)
 	if err != nil {
@@ -307,70 +348,11 @@ func (q *chunkQuerier) Select(ctx context.Context, _ bool, hints *storage.Select
 	if st == nil {
 		return storage.EmptyChunkSeriesSet()
 	}
-	var limit int
+	limit, mint, maxt := 0, q.mint, q.maxt
 	if hints != nil {
-		limit = hints.Limit
+		limit, mint, maxt = hints.Limit, hints.Start, hints.End
 	}
-	return &fanoutSet[storage.ChunkSeries]{
-		fails: st.fails,
-		merge: func() seriesSet[storage.ChunkSeries] {
-			live := st.live()
-			sets := make([]storage.ChunkSeriesSet, len(live))
-			for i, s := range live {
-				sets[i] = s
-			}
-			return storage.NewMergeChunkSeriesSet(sets, limit, storage.NewCompactingChunkSeriesMerger(storage.ChainedSeriesMerge))
-		},
-	}
-}
-
-// seriesSet is what storage.SeriesSet and storage.ChunkSeriesSet have in
-// common, so that one fanoutSet serves both.
-type seriesSet[T any] interface {
-	Next() bool
-	At() T
-	Err() error
-	Warnings() annotations.Annotations
-}
-
-// fanoutSet is the merged answer of one Select's streams. It waits for the
-// streams on first use and stops as soon as more ingesters failed than the
-// replicas cover, since from then on series may be missing.
-type fanoutSet[T any] struct {
-	fails *failures
-	merge func() seriesSet[T] // Called once, on first use; may block.
-	set   seriesSet[T]
-}
-
-func (s *fanoutSet[T]) init() {
-	if s.set == nil {
-		s.set = s.merge()
-	}
-}
-
-// Next implements storage.SeriesSet.
-func (s *fanoutSet[T]) Next() bool {
-	s.init()
-	return s.fails.err() == nil && s.set.Next() && s.fails.err() == nil
-}
-
-// At implements storage.SeriesSet.
-func (s *fanoutSet[T]) At() T { return s.set.At() }
-
-// Err implements storage.SeriesSet.
-func (s *fanoutSet[T]) Err() error {
-	s.init()
-	if err := s.fails.err(); err != nil {
-		return err
-	}
-	return s.set.Err()
-}
-
-// Warnings implements storage.SeriesSet.
-func (s *fanoutSet[T]) Warnings() annotations.Annotations {
-	s.init()
-	ws := s.set.Warnings()
-	return ws.Merge(s.fails.warnings())
+	return mergedChunkSeriesSet{m: newReplicaMerge(st, limit, mint, maxt, false)}
 }
 
 // labelSetsSet is a storage.SeriesSet of series without samples.

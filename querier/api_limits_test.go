@@ -1,0 +1,271 @@
+package querier_test
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/stretchr/testify/require"
+
+	"github.com/census-metrics/census/querier"
+)
+
+func newAPIWithConfig(t testing.TB, cfg querier.Config, q *querier.Queryable) (http.Handler, *prometheus.Registry) {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	h, err := querier.NewAPI(cfg, q, testBuild, nil, reg)
+	require.NoError(t, err)
+	return h, reg
+}
+
+func TestAPI_Limits(t *testing.T) {
+	data := testData()
+	c := newCluster(t, 3, dbWith(t, data), dbWith(t, data), dbWith(t, data))
+	// Ten series of three chunks each, on three replicas: 90 chunks fetched.
+	rangeParams := url.Values{"query": {`sum(rate(http_requests_total[5m]))`}, "start": {"0"}, "end": {"3600"}, "step": {"15"}}
+
+	for _, tc := range []struct {
+		name      string
+		modify    func(*querier.Config)
+		path      string
+		params    url.Values
+		wantCode  int
+		wantType  string
+		wantError string
+	}{
+		{
+			name: "within every limit", path: "/api/v1/query_range", params: rangeParams,
+			modify:   func(c *querier.Config) { c.MaxSeries, c.MaxChunks = 10, 90 },
+			wantCode: http.StatusOK,
+		},
+		{
+			name: "too many series", path: "/api/v1/query_range", params: rangeParams,
+			modify:   func(c *querier.Config) { c.MaxSeries = 9 },
+			wantCode: http.StatusUnprocessableEntity, wantType: "execution",
+			wantError: "the query fetched more than 9 series from the ingesters, the limit set by --query.max-series=9",
+		},
+		{
+			name: "too many series, summed over the selectors", path: "/api/v1/query",
+			params:   url.Values{"query": {`http_requests_total{job="api"} + on(instance) http_requests_total{job="db"}`}, "time": {"1800"}},
+			modify:   func(c *querier.Config) { c.MaxSeries = 9 },
+			wantCode: http.StatusUnprocessableEntity, wantType: "execution",
+			wantError: "--query.max-series=9",
+		},
+		{
+			name: "too many series in a series request", path: "/api/v1/series",
+			params:   url.Values{"match[]": {`http_requests_total`}},
+			modify:   func(c *querier.Config) { c.MaxSeries = 9 },
+			wantCode: http.StatusUnprocessableEntity, wantType: "execution",
+			wantError: "--query.max-series=9",
+		},
+		{
+			name: "too many chunks", path: "/api/v1/query_range", params: rangeParams,
+			modify:   func(c *querier.Config) { c.MaxChunks = 89 },
+			wantCode: http.StatusUnprocessableEntity, wantType: "execution",
+			wantError: "the query fetched more than 89 chunks from the ingesters, the limit set by --query.max-chunks=89",
+		},
+		{
+			name: "too many samples", path: "/api/v1/query_range", params: rangeParams,
+			modify:   func(c *querier.Config) { c.MaxSamples = 100 },
+			wantCode: http.StatusUnprocessableEntity, wantType: "execution",
+			wantError: "query processing would load too many samples into memory in query execution",
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := testConfig
+			tc.modify(&cfg)
+			h, reg := newAPIWithConfig(t, cfg, c.queryable)
+			code, body := call(t, h, http.MethodGet, tc.path, tc.params)
+			require.Equal(t, tc.wantCode, code, "body: %s", body)
+			resp := decode(t, body)
+			if tc.wantCode == http.StatusOK {
+				require.Equal(t, "success", resp.Status)
+				require.Equal(t, float64(1), histogramCount(t, reg, "census_querier_query_series_fetched"))
+				require.Equal(t, float64(10), histogramSum(t, reg, "census_querier_query_series_fetched"))
+				require.Equal(t, float64(90), histogramSum(t, reg, "census_querier_query_chunks_fetched"))
+				return
+			}
+			require.Equal(t, "error", resp.Status)
+			require.Equal(t, tc.wantType, resp.ErrorType)
+			require.Contains(t, resp.Error, tc.wantError)
+		})
+	}
+}
+
+func TestAPI_Timeout(t *testing.T) {
+	c := newCluster(t, 3, dbWith(t, testData()), dbWith(t, testData()), dbWith(t, testData()))
+	for _, p := range c.ingesters {
+		p.holdBeforeSending.Store(true)
+	}
+	cfg := testConfig
+	cfg.Timeout = 200 * time.Millisecond
+	h, _ := newAPIWithConfig(t, cfg, c.queryable)
+
+	code, body := call(t, h, http.MethodGet, "/api/v1/query", url.Values{"query": {`http_requests_total`}, "time": {"1800"}})
+	// Prometheus' answer to a query over --query.timeout.
+	require.Equal(t, http.StatusServiceUnavailable, code, "body: %s", body)
+	resp := decode(t, body)
+	require.Equal(t, "timeout", resp.ErrorType)
+	require.Contains(t, resp.Error, "query timed out")
+	// Every ingester saw its stream canceled.
+	require.Eventually(t, func() bool {
+		for _, p := range c.ingesters {
+			if p.canceledStreams.Load() != 1 || p.openStreams.Load() != 0 {
+				return false
+			}
+		}
+		return true
+	}, 10*time.Second, 10*time.Millisecond)
+}
+
+func TestAPI_ClientDisconnectCancelsIngesters(t *testing.T) {
+	c := newCluster(t, 3, dbWith(t, testData()), dbWith(t, testData()), dbWith(t, testData()))
+	for _, p := range c.ingesters {
+		p.holdBeforeSending.Store(true)
+	}
+	srv := httptest.NewServer(newAPI(t, c.queryable))
+	t.Cleanup(srv.Close)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/api/v1/query?query=http_requests_total&time=1800", nil)
+		if err != nil {
+			done <- err
+			return
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		done <- err
+	}()
+	// The query is waiting on every ingester's stream.
+	require.Eventually(t, func() bool {
+		for _, p := range c.ingesters {
+			if p.openStreams.Load() != 1 {
+				return false
+			}
+		}
+		return true
+	}, 10*time.Second, 10*time.Millisecond)
+
+	cancel() // The client goes away.
+	require.ErrorIs(t, <-done, context.Canceled)
+	require.Eventually(t, func() bool {
+		for _, p := range c.ingesters {
+			if p.canceledStreams.Load() != 1 || p.openStreams.Load() != 0 {
+				return false
+			}
+		}
+		return true
+	}, 10*time.Second, 10*time.Millisecond, "every ingester's stream is canceled")
+}
+
+func TestAPI_Metrics(t *testing.T) {
+	data := testData()
+	c := newCluster(t, 3, dbWith(t, data), dbWith(t, data), dbWith(t, data))
+	h, reg := newAPIWithConfig(t, testConfig, c.queryable)
+
+	for range 2 {
+		code, _ := call(t, h, http.MethodGet, "/api/v1/query", url.Values{"query": {`http_requests_total`}, "time": {"1800"}})
+		require.Equal(t, http.StatusOK, code)
+	}
+	code, _ := call(t, h, http.MethodPost, "/api/v1/query", url.Values{"query": {`sum(`}})
+	require.Equal(t, http.StatusBadRequest, code)
+	code, _ = call(t, h, http.MethodGet, "/api/v1/label/job/values", nil)
+	require.Equal(t, http.StatusOK, code)
+	code, _ = call(t, h, http.MethodGet, "/api/v1/nope", nil)
+	require.Equal(t, http.StatusNotFound, code)
+
+	for _, tc := range []struct {
+		endpoint, code, method string
+		want                   float64
+	}{
+		{endpoint: "/api/v1/query", code: "200", method: "get", want: 2},
+		{endpoint: "/api/v1/query", code: "400", method: "post", want: 1},
+		{endpoint: "/api/v1/label/:name/values", code: "200", method: "get", want: 1},
+		{endpoint: "other", code: "404", method: "get", want: 1},
+	} {
+		require.Equal(t, tc.want, histogramCount(t, reg, "census_querier_request_duration_seconds", "endpoint", tc.endpoint, "code", tc.code, "method", tc.method), "%+v", tc)
+	}
+	// The two queries that selected series; the label read is none.
+	require.Equal(t, float64(2), histogramCount(t, reg, "census_querier_query_series_fetched"))
+	require.Equal(t, float64(20), histogramSum(t, reg, "census_querier_query_series_fetched"))
+}
+
+func TestAPI_StatsAll(t *testing.T) {
+	data := testData()
+	census := newAPI(t, newCluster(t, 3, replicaDBs(t, data)...).queryable)
+	reference := newAPI(t, dbWith(t, data))
+	params := url.Values{"query": {`sum(rate(http_requests_total[5m]))`}, "start": {"600"}, "end": {"1200"}, "step": {"60"}, "stats": {"all"}}
+
+	type stats struct {
+		Data struct {
+			Stats struct {
+				Timings map[string]float64 `json:"timings"`
+				Samples json.RawMessage    `json:"samples"`
+			} `json:"stats"`
+		} `json:"data"`
+	}
+	var got, want stats
+	code, body := call(t, census, http.MethodGet, "/api/v1/query_range", params)
+	require.Equal(t, http.StatusOK, code)
+	require.NoError(t, json.Unmarshal(body, &got))
+	_, refBody := call(t, reference, http.MethodGet, "/api/v1/query_range", params)
+	require.NoError(t, json.Unmarshal(refBody, &want))
+
+	require.JSONEq(t, string(want.Data.Stats.Samples), string(got.Data.Stats.Samples))
+	require.Contains(t, string(got.Data.Stats.Samples), `"totalQueryableSamples":`)
+	for name := range want.Data.Stats.Timings {
+		require.Contains(t, got.Data.Stats.Timings, name)
+	}
+}
+
+// histogramCount returns the observation count of the histogram called name
+// with the given label pairs (all series summed when none are given).
+func histogramCount(t testing.TB, reg *prometheus.Registry, name string, kv ...string) float64 {
+	t.Helper()
+	c, _ := histogramCountSum(t, reg, name, kv...)
+	return c
+}
+
+func histogramSum(t testing.TB, reg *prometheus.Registry, name string, kv ...string) float64 {
+	t.Helper()
+	_, s := histogramCountSum(t, reg, name, kv...)
+	return s
+}
+
+func histogramCountSum(t testing.TB, reg *prometheus.Registry, name string, kv ...string) (count, sum float64) {
+	t.Helper()
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	found := false
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	next:
+		for _, m := range mf.GetMetric() {
+			have := map[string]string{}
+			for _, lp := range m.GetLabel() {
+				have[lp.GetName()] = lp.GetValue()
+			}
+			for i := 0; i+1 < len(kv); i += 2 {
+				if have[kv[i]] != kv[i+1] {
+					continue next
+				}
+			}
+			found = true
+			count += float64(m.GetHistogram().GetSampleCount())
+			sum += m.GetHistogram().GetSampleSum()
+		}
+	}
+	require.True(t, found, "no %s%v", name, kv)
+	return count, sum
+}

@@ -1,0 +1,87 @@
+package querier
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+)
+
+// LimitError is the failure of a query that fetched more from the ingesters
+// than a per-query limit allows. The HTTP API answers it with 422 and
+// Prometheus' "execution" error type, as it answers a query over the
+// engine's sample limit.
+type LimitError struct {
+	// Flag is the flag that sets the limit, --query.max-series or
+	// --query.max-chunks.
+	Flag  string
+	Limit int
+	// What is counted: "series" or "chunks".
+	What string
+}
+
+// Error names the limit and its flag, so the user knows what to narrow or
+// whom to ask.
+func (e *LimitError) Error() string {
+	return fmt.Sprintf("the query fetched more than %d %s from the ingesters, the limit set by %s=%d; select fewer series or a shorter range", e.Limit, e.What, e.Flag, e.Limit)
+}
+
+// request is what the HTTP API knows of one request and the reads of its
+// query share: the per-query limits and counters, and whether the client
+// accepts a partial response. It travels in the context, so every Select,
+// label read and exemplar read of the request finds it, and reads without
+// it (the PromQL test suite, other callers of the Queryable) have no limits.
+type request struct {
+	partialResponse bool
+	maxSeries       int64 // 0: no limit
+	maxChunks       int64 // 0: no limit
+
+	series atomic.Int64 // Distinct series the merges returned, summed over Selects.
+	chunks atomic.Int64 // Chunks received, every replica's copy.
+	// selects counts the Selects that reached the ingesters, so label-only
+	// requests do not count as queries that fetched nothing.
+	selects atomic.Int64
+}
+
+type requestKey struct{}
+
+func withRequest(ctx context.Context, r *request) context.Context {
+	return context.WithValue(ctx, requestKey{}, r)
+}
+
+// requestFrom returns the request of ctx, or nil outside the HTTP API.
+func requestFrom(ctx context.Context) *request {
+	r, _ := ctx.Value(requestKey{}).(*request)
+	return r
+}
+
+// partialResponse reports whether the reads of ctx may answer with what the
+// reachable ingesters have, however many failed.
+func partialResponse(ctx context.Context) bool {
+	r := requestFrom(ctx)
+	return r != nil && r.partialResponse
+}
+
+// addSeries counts n more series and returns the error of a breached
+// limit. A nil request counts nothing.
+func (r *request) addSeries(n int64) error {
+	if r == nil {
+		return nil
+	}
+	total := r.series.Add(n)
+	if r.maxSeries > 0 && total > r.maxSeries {
+		return &LimitError{Flag: "--query.max-series", Limit: int(r.maxSeries), What: "series"}
+	}
+	return nil
+}
+
+// addChunks counts n more chunks and returns the error of a breached limit.
+func (r *request) addChunks(n int64) error {
+	if r == nil {
+		return nil
+	}
+	total := r.chunks.Add(n)
+	if r.maxChunks > 0 && total > r.maxChunks {
+		return &LimitError{Flag: "--query.max-chunks", Limit: int(r.maxChunks), What: "chunks"}
+	}
+	return nil
+}
