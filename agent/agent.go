@@ -85,7 +85,13 @@ func New(cfg *config.Config, app storage.AppendableV2, logger *slog.Logger, reg 
 	}
 	// Prometheus batches target updates every 5s to survive the churn of a
 	// whole cluster; an agent watches one node, so it reacts within 1s.
-	sm, err := scrape.NewManager(&scrape.Options{DiscoveryReloadInterval: model.Duration(targetUpdateInterval)}, logger.With("manager", "scrape"), nil, nil, app, reg)
+	//
+	// AppendMetadata sends each series' type, help and unit with its
+	// samples, so the querier's /api/v1/metadata can answer.
+	sm, err := scrape.NewManager(&scrape.Options{
+		DiscoveryReloadInterval: model.Duration(targetUpdateInterval),
+		AppendMetadata:          true,
+	}, logger.With("manager", "scrape"), nil, nil, app, reg)
 	if err != nil {
 		return nil, fmt.Errorf("create scrape manager: %w", err)
 	}
