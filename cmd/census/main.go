@@ -148,6 +148,11 @@ func parseFlags(name string, args []string, stderr io.Writer) (*options, error) 
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
 	}
+	if r.querier {
+		// /api/v1/status/flags shows the flags this process runs with.
+		o.querier.Flags = map[string]string{}
+		fs.VisitAll(func(f *flag.Flag) { o.querier.Flags[f.Name] = f.Value.String() })
+	}
 	if err := o.ring.Validate(); err != nil {
 		return nil, err
 	}
