@@ -35,6 +35,11 @@ type Config struct {
 	// MaxExemplars is the size of the TSDB's exemplar ring buffer, shared by
 	// every series; 0 disables exemplar storage.
 	MaxExemplars int
+	// StartTimestamps stores each sample's start timestamp (when its
+	// counter started), which PromQL's rate() and increase() then use. It
+	// needs the TSDB's newer chunk encodings (XOR2 for floats), which a
+	// Prometheus before 3.x cannot read from the blocks.
+	StartTimestamps bool
 	// Limits protect the ingester from cardinality explosions and huge
 	// queries.
 	Limits Limits
@@ -50,6 +55,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.Var(&c.RetentionSize, "storage.retention-size", "Most bytes of blocks to keep, e.g. 512MB, 100GB (powers of 1024); the oldest blocks go first. 0 means no size limit. The WAL and head chunks come on top.")
 	c.OutOfOrderWindow = 0
 	fs.Var(&c.OutOfOrderWindow, "storage.out-of-order-window", "Accept samples older than their series' newest sample when they are at most this far behind the newest sample in the TSDB, e.g. 10m. 0 refuses them, as Prometheus does by default.")
+	fs.BoolVar(&c.StartTimestamps, "storage.start-timestamps", false, "Store samples' start timestamps (OpenMetrics created timestamps), in the TSDB's start-timestamp chunk encodings (XOR2), as Prometheus' st-storage feature does.")
 	fs.IntVar(&c.MaxExemplars, "storage.max-exemplars", 100_000, "Exemplars kept in memory, in one ring buffer shared by every series (about 100 bytes each). 0 disables exemplar storage.")
 	c.Limits.RegisterFlags(fs)
 }

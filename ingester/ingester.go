@@ -15,6 +15,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/prometheus/tsdb"
+	"github.com/prometheus/prometheus/tsdb/chunkenc"
 	"github.com/prometheus/prometheus/tsdb/wlog"
 
 	censuspb "github.com/census-metrics/census/proto"
@@ -179,6 +180,11 @@ func (i *Ingester) open() (*tsdb.DB, error) {
 	// Prometheus does, so a long retention is not thousands of small blocks.
 	opts.MaxBlockDuration = max(opts.MinBlockDuration, min(opts.RetentionDuration/10, (31*24*time.Hour).Milliseconds()))
 	opts.OutOfOrderTimeWindow = i.cfg.OutOfOrderWindow.Milliseconds()
+	if i.cfg.StartTimestamps {
+		opts.EnableSTStorage = true
+		opts.FloatChunkEncoding = chunkenc.EncXOR2
+		opts.EnableHistogramSTEncoding = true
+	}
 	opts.EnableExemplarStorage = i.cfg.MaxExemplars > 0
 	opts.MaxExemplars = int64(i.cfg.MaxExemplars)
 	// A clean shutdown writes the head's chunks to a snapshot, so the next

@@ -141,6 +141,9 @@ func TestChunkEncodingNumbers(t *testing.T) {
 	require.Equal(t, int32(chunkenc.EncXOR), int32(censuspb.Chunk_XOR))
 	require.Equal(t, int32(chunkenc.EncHistogram), int32(censuspb.Chunk_HISTOGRAM))
 	require.Equal(t, int32(chunkenc.EncFloatHistogram), int32(censuspb.Chunk_FLOAT_HISTOGRAM))
+	require.Equal(t, int32(chunkenc.EncXOR2), int32(censuspb.Chunk_XOR2))
+	require.Equal(t, int32(chunkenc.EncHistogramST), int32(censuspb.Chunk_HISTOGRAM_ST))
+	require.Equal(t, int32(chunkenc.EncFloatHistogramST), int32(censuspb.Chunk_FLOAT_HISTOGRAM_ST))
 }
 
 // cancelledStream is a QueryStream server stream whose caller is gone.

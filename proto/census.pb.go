@@ -139,6 +139,10 @@ const (
 	Chunk_XOR             Chunk_Encoding = 1
 	Chunk_HISTOGRAM       Chunk_Encoding = 2
 	Chunk_FLOAT_HISTOGRAM Chunk_Encoding = 3
+	// The start-timestamp encodings (--storage.start-timestamps).
+	Chunk_XOR2               Chunk_Encoding = 4
+	Chunk_HISTOGRAM_ST       Chunk_Encoding = 5
+	Chunk_FLOAT_HISTOGRAM_ST Chunk_Encoding = 6
 )
 
 // Enum value maps for Chunk_Encoding.
@@ -148,12 +152,18 @@ var (
 		1: "XOR",
 		2: "HISTOGRAM",
 		3: "FLOAT_HISTOGRAM",
+		4: "XOR2",
+		5: "HISTOGRAM_ST",
+		6: "FLOAT_HISTOGRAM_ST",
 	}
 	Chunk_Encoding_value = map[string]int32{
-		"NONE":            0,
-		"XOR":             1,
-		"HISTOGRAM":       2,
-		"FLOAT_HISTOGRAM": 3,
+		"NONE":               0,
+		"XOR":                1,
+		"HISTOGRAM":          2,
+		"FLOAT_HISTOGRAM":    3,
+		"XOR2":               4,
+		"HISTOGRAM_ST":       5,
+		"FLOAT_HISTOGRAM_ST": 6,
 	}
 )
 
@@ -2311,17 +2321,20 @@ const file_census_proto_rawDesc = "" +
 	"\x12QueryStreamRequest\x12\x19\n" +
 	"\bstart_ms\x18\x01 \x01(\x03R\astartMs\x12\x15\n" +
 	"\x06end_ms\x18\x02 \x01(\x03R\x05endMs\x123\n" +
-	"\bmatchers\x18\x03 \x03(\v2\x17.census.v1.LabelMatcherR\bmatchers\"\xd5\x01\n" +
+	"\bmatchers\x18\x03 \x03(\v2\x17.census.v1.LabelMatcherR\bmatchers\"\x89\x02\n" +
 	"\x05Chunk\x12\x1e\n" +
 	"\vmin_time_ms\x18\x01 \x01(\x03R\tminTimeMs\x12\x1e\n" +
 	"\vmax_time_ms\x18\x02 \x01(\x03R\tmaxTimeMs\x125\n" +
 	"\bencoding\x18\x03 \x01(\x0e2\x19.census.v1.Chunk.EncodingR\bencoding\x12\x12\n" +
-	"\x04data\x18\x04 \x01(\fR\x04data\"A\n" +
+	"\x04data\x18\x04 \x01(\fR\x04data\"u\n" +
 	"\bEncoding\x12\b\n" +
 	"\x04NONE\x10\x00\x12\a\n" +
 	"\x03XOR\x10\x01\x12\r\n" +
 	"\tHISTOGRAM\x10\x02\x12\x13\n" +
-	"\x0fFLOAT_HISTOGRAM\x10\x03\"f\n" +
+	"\x0fFLOAT_HISTOGRAM\x10\x03\x12\b\n" +
+	"\x04XOR2\x10\x04\x12\x10\n" +
+	"\fHISTOGRAM_ST\x10\x05\x12\x16\n" +
+	"\x12FLOAT_HISTOGRAM_ST\x10\x06\"f\n" +
 	"\fStreamSeries\x12,\n" +
 	"\x06labels\x18\x01 \x03(\v2\x14.census.v1.LabelPairR\x06labels\x12(\n" +
 	"\x06chunks\x18\x02 \x03(\v2\x10.census.v1.ChunkR\x06chunks\"F\n" +

@@ -202,6 +202,9 @@ var testIngesterFlags = []string{
 	// times hours before the newest sample of earlier ones. Prometheus'
 	// own suite storage allows that with 24h head blocks.
 	"--storage.out-of-order-window=100y",
+	// The suite's start_timestamps.test needs them, as Prometheus' own
+	// suite storage enables them.
+	"--storage.start-timestamps",
 	// Do not derive the series limit from the machine's memory.
 	"--ingester.max-series=10000000",
 	"--ingester.max-series-per-metric=10000000",
