@@ -14,6 +14,10 @@ PKGS    := ./...
 # Packages with goroutines and shared state run under the race detector.
 RACE_PKGS := ./ring/... ./distributor/... ./ingester/... ./querier/... ./agent/...
 
+# Recipes run in bash with pipefail, so a failing command in a pipe fails.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+
 .PHONY: all build run test test-short bench lint proto deps clean
 
 all: build
@@ -30,7 +34,13 @@ run: build
 # packages) and the multi-process cluster tests in cmd/census.
 test: lint
 	$(GO) test -count=1 -timeout=15m -race $(RACE_PKGS)
-	$(GO) test -count=1 -timeout=15m ./proto/... ./cmd/...
+	$(GO) test -count=1 -timeout=15m -skip '^TestPromQLCompliance$$' ./proto/... ./cmd/...
+	@# Prometheus' own PromQL suite through a 3-ingester cluster, with its
+	@# pass count printed (the whole log only when it fails).
+	@mkdir -p bin
+	$(GO) test -count=1 -timeout=10m -run '^TestPromQLCompliance$$' -v ./cmd/census/ > bin/promql-compliance.log 2>&1 \
+	  || { cat bin/promql-compliance.log; exit 1; }
+	@grep -E 'PromQL compliance:|^ok' bin/promql-compliance.log
 
 test-short:
 	$(GO) test -short -count=1 $(PKGS)
