@@ -1,10 +1,13 @@
 package ring
 
 import (
+	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
 	"net"
+	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -16,8 +19,18 @@ type Config struct {
 	// TCP). Port 0 picks a free port; see Ring.GossipAddr.
 	BindAddress string
 	// Join lists the peers to join: host:port, or a DNS name that may
-	// resolve to many addresses. Empty means this member starts a cluster.
+	// resolve to many addresses (a Kubernetes headless Service). Run retries
+	// with backoff until one answers, and later rejoins addresses that are
+	// not members, which heals a cluster split for longer than memberlist
+	// gossips to members it believes dead. Empty means this member starts a
+	// cluster.
 	Join []string
+	// SecretKeyFile, when set, names a file holding the key that encrypts
+	// and authenticates all gossip (AES-GCM, through memberlist's keyring):
+	// a file of exactly 16, 24 or 32 bytes is the key itself; any other
+	// is the standard base64 encoding of such a key, whitespace around it
+	// ignored. Members without the same key cannot join.
+	SecretKeyFile string
 	// InstanceID names this member in the ring. Empty means the hostname,
 	// resolved by New.
 	InstanceID string
@@ -25,7 +38,13 @@ type Config struct {
 	ReplicationFactor int
 	// Tokens is how many tokens an ingester owns.
 	Tokens int
-	// Zone is the availability zone of this ingester.
+	// TokensFile, when set, is where an ingester keeps its tokens, so that
+	// a restart reuses them and moves no series. It has no flag: the
+	// ingester's data directory decides it. Empty means no persistence.
+	TokensFile string
+	// Zone is the availability zone of this ingester. Once ingesters carry
+	// at least ReplicationFactor distinct zones, Get places the replicas of
+	// every token in distinct zones.
 	Zone string
 	// HeartbeatPeriod is how often an ingester refreshes its entry. Gossip
 	// intervals are derived from it so that heartbeats spread well within
@@ -34,18 +53,31 @@ type Config struct {
 	// HeartbeatTimeout is how old a heartbeat may be before writers and
 	// readers skip the instance.
 	HeartbeatTimeout time.Duration
+	// AutoForgetAfter is how old a heartbeat may be before the first member
+	// to notice removes the instance from the ring (a tombstone), so that
+	// an ingester that crashed for good needs nobody to forget it by hand.
+	// Zero disables it.
+	AutoForgetAfter time.Duration
+	// TombstoneTimeout is how long the entry of an instance that left or
+	// was forgotten is kept, so that gossip does not bring back its older
+	// states. It must outlast the time news takes to reach every member.
+	// Zero keeps tombstones for good.
+	TombstoneTimeout time.Duration
 }
 
 // RegisterFlags registers the ring's flags on fs and sets their defaults.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.BindAddress, "memberlist.bind-address", ":7946", "Gossip bind address (host:port; port 0 picks a free port).")
-	fs.Var((*joinFlag)(&c.Join), "memberlist.join", "Peer to join, host:port or a DNS name that resolves to many; repeatable.")
+	fs.Var((*joinFlag)(&c.Join), "memberlist.join", "Peer to join, host:port or a DNS name that resolves to many; repeatable. Retried until one answers.")
+	fs.StringVar(&c.SecretKeyFile, "memberlist.secret-key-file", "", "File with the key that encrypts gossip: exactly 16, 24 or 32 raw bytes, or else base64 of such a key. Members without it cannot join.")
 	fs.StringVar(&c.InstanceID, "instance.id", "", "Name of this instance in the ring (default: the hostname).")
 	fs.IntVar(&c.ReplicationFactor, "ring.replication-factor", 3, "Number of ingesters that hold a copy of each series.")
 	fs.IntVar(&c.Tokens, "ring.tokens", 128, "Number of tokens each ingester owns in the ring.")
-	fs.StringVar(&c.Zone, "ring.zone", "", "Availability zone of this ingester.")
+	fs.StringVar(&c.Zone, "ring.zone", "", "Availability zone of this ingester; with at least replication-factor zones, the copies of each series go to distinct zones.")
 	fs.DurationVar(&c.HeartbeatPeriod, "ring.heartbeat-period", 15*time.Second, "How often an ingester heartbeats into the ring.")
-	fs.DurationVar(&c.HeartbeatTimeout, "ring.heartbeat-timeout", time.Minute, "After this long without a heartbeat an instance is unhealthy.")
+	fs.DurationVar(&c.HeartbeatTimeout, "ring.heartbeat-timeout", time.Minute, "After this long without a heartbeat an instance is unhealthy: writers and readers skip it.")
+	fs.DurationVar(&c.AutoForgetAfter, "ring.auto-forget-after", 10*time.Minute, "After this long without a heartbeat an instance is removed from the ring (0 disables).")
+	fs.DurationVar(&c.TombstoneTimeout, "ring.tombstone-timeout", 5*time.Minute, "How long the ring remembers an instance that left or was forgotten (0: for good).")
 }
 
 // maxTokens bounds --ring.tokens: more tokens balance load better but make
@@ -73,6 +105,12 @@ func (c *Config) Validate() error {
 	}
 	if c.HeartbeatTimeout <= c.HeartbeatPeriod {
 		return fmt.Errorf("--ring.heartbeat-timeout (%s) must be longer than --ring.heartbeat-period (%s)", c.HeartbeatTimeout, c.HeartbeatPeriod)
+	}
+	if c.AutoForgetAfter != 0 && c.AutoForgetAfter <= c.HeartbeatTimeout {
+		return fmt.Errorf("--ring.auto-forget-after (%s) must be 0 or longer than --ring.heartbeat-timeout (%s)", c.AutoForgetAfter, c.HeartbeatTimeout)
+	}
+	if c.TombstoneTimeout < 0 || (c.TombstoneTimeout > 0 && c.TombstoneTimeout <= c.HeartbeatPeriod) {
+		return fmt.Errorf("--ring.tombstone-timeout (%s) must be 0 or longer than --ring.heartbeat-period (%s)", c.TombstoneTimeout, c.HeartbeatPeriod)
 	}
 	return nil
 }
@@ -112,4 +150,31 @@ func (f *joinFlag) String() string {
 func (f *joinFlag) Set(v string) error {
 	*f = append(*f, v)
 	return nil
+}
+
+// secretKeySizes are the AES key sizes memberlist accepts.
+var secretKeySizes = []int{16, 24, 32}
+
+// readSecretKey reads the gossip key from path. A file of exactly 16, 24 or
+// 32 bytes is the key itself (random bytes, as a Kubernetes Secret mounts
+// them); anything else must be the standard base64 encoding of such a key,
+// whitespace around it ignored (as "openssl rand -base64 32" writes it).
+// The length decides, not the content, so that a raw key that happens to
+// look like base64 is still read as itself.
+func readSecretKey(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read --memberlist.secret-key-file: %w", err)
+	}
+	if slices.Contains(secretKeySizes, len(b)) {
+		return b, nil
+	}
+	key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(b)))
+	if err != nil {
+		return nil, fmt.Errorf("--memberlist.secret-key-file %s holds %d bytes, so it must be base64 of a 16, 24 or 32-byte key: %w", path, len(b), err)
+	}
+	if !slices.Contains(secretKeySizes, len(key)) {
+		return nil, fmt.Errorf("--memberlist.secret-key-file %s must hold a 16, 24 or 32-byte key, raw or base64, not %d bytes", path, len(key))
+	}
+	return key, nil
 }

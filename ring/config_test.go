@@ -20,6 +20,8 @@ func TestConfig_RegisterFlags(t *testing.T) {
 		Tokens:            128,
 		HeartbeatPeriod:   15 * time.Second,
 		HeartbeatTimeout:  time.Minute,
+		AutoForgetAfter:   10 * time.Minute,
+		TombstoneTimeout:  5 * time.Minute,
 	}, cfg)
 	require.NoError(t, cfg.Validate())
 
@@ -36,6 +38,9 @@ func TestConfig_RegisterFlags(t *testing.T) {
 		"--ring.zone=z1",
 		"--ring.heartbeat-period=5s",
 		"--ring.heartbeat-timeout=30s",
+		"--ring.auto-forget-after=2m",
+		"--ring.tombstone-timeout=1m",
+		"--memberlist.secret-key-file=/etc/census/gossip-key",
 	}))
 	require.Equal(t, ring.Config{
 		BindAddress:       "127.0.0.1:0",
@@ -46,7 +51,11 @@ func TestConfig_RegisterFlags(t *testing.T) {
 		Zone:              "z1",
 		HeartbeatPeriod:   5 * time.Second,
 		HeartbeatTimeout:  30 * time.Second,
+		AutoForgetAfter:   2 * time.Minute,
+		TombstoneTimeout:  time.Minute,
+		SecretKeyFile:     "/etc/census/gossip-key",
 	}, set)
+	require.Nil(t, fs.Lookup("ring.tokens-file"), "the tokens file follows --storage.path; it has no flag")
 	require.Equal(t, "census-ingesters.census.svc:7946,10.0.0.1:7946", fs.Lookup("memberlist.join").Value.String())
 }
 
@@ -72,6 +81,11 @@ func TestConfig_Validate(t *testing.T) {
 		{name: "too many tokens", modify: func(c *ring.Config) { c.Tokens = 5000 }, wantErr: "got 5000"},
 		{name: "zero heartbeat period", modify: func(c *ring.Config) { c.HeartbeatPeriod = 0 }, wantErr: "--ring.heartbeat-period must be positive"},
 		{name: "timeout not above period", modify: func(c *ring.Config) { c.HeartbeatTimeout = c.HeartbeatPeriod }, wantErr: "must be longer than --ring.heartbeat-period"},
+		{name: "auto-forget disabled", modify: func(c *ring.Config) { c.AutoForgetAfter = 0 }},
+		{name: "auto-forget before unhealthy", modify: func(c *ring.Config) { c.AutoForgetAfter = c.HeartbeatTimeout }, wantErr: "--ring.auto-forget-after (1m0s) must be 0 or longer than --ring.heartbeat-timeout (1m0s)"},
+		{name: "tombstones kept for good", modify: func(c *ring.Config) { c.TombstoneTimeout = 0 }},
+		{name: "tombstone timeout too short", modify: func(c *ring.Config) { c.TombstoneTimeout = time.Second }, wantErr: "--ring.tombstone-timeout (1s) must be 0 or longer than --ring.heartbeat-period (15s)"},
+		{name: "negative tombstone timeout", modify: func(c *ring.Config) { c.TombstoneTimeout = -time.Second }, wantErr: "--ring.tombstone-timeout (-1s)"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -13,9 +13,17 @@ import (
 // drops entries that carry it.
 type State int
 
+// The numeric order is the lifecycle order, and it matters: at equal
+// heartbeats the later state wins the merge (see compareInstances). States
+// travel by name (MarshalText), never by number.
 const (
+	// JOINING instances have claimed their tokens and receive writes, but
+	// may still move their tokens when an instance that registered before
+	// them shows up late (see Ring.joiningTokens). Readers ask them, since
+	// they hold whatever they were written.
+	JOINING State = iota + 1
 	// ACTIVE instances own their tokens and receive writes.
-	ACTIVE State = iota + 1
+	ACTIVE
 	// LEAVING instances are shutting down: they no longer receive writes but
 	// may still hold data, so readers still ask them.
 	LEAVING
@@ -27,6 +35,8 @@ const (
 // String returns the state's name, as used on the wire and on the /ring page.
 func (s State) String() string {
 	switch s {
+	case JOINING:
+		return "JOINING"
 	case ACTIVE:
 		return "ACTIVE"
 	case LEAVING:
@@ -50,6 +60,8 @@ func (s State) MarshalText() ([]byte, error) {
 // UnmarshalText decodes a state name written by MarshalText.
 func (s *State) UnmarshalText(text []byte) error {
 	switch string(text) {
+	case "JOINING":
+		*s = JOINING
 	case "ACTIVE":
 		*s = ACTIVE
 	case "LEAVING":
@@ -62,19 +74,27 @@ func (s *State) UnmarshalText(text []byte) error {
 	return nil
 }
 
-func (s State) valid() bool { return s >= ACTIVE && s <= LEFT }
+func (s State) valid() bool { return s >= JOINING && s <= LEFT }
+
+// writable reports whether writers route series to instances in state s.
+func (s State) writable() bool { return s == JOINING || s == ACTIVE }
+
+// readable reports whether instances in state s may hold data readers need.
+func (s State) readable() bool { return s == JOINING || s == ACTIVE || s == LEAVING }
 
 // InstanceDesc is one ingester as the ring gossips it. Descriptors are values
 // shared between goroutines: nobody modifies Tokens after the descriptor was
 // built.
 type InstanceDesc struct {
-	ID           string   `json:"id"`
-	Addr         string   `json:"addr"` // gRPC address writers and readers dial
-	Zone         string   `json:"zone,omitempty"`
-	State        State    `json:"state"`
-	Tokens       []uint32 `json:"tokens"`        // sorted ascending; empty for LEFT tombstones
-	Heartbeat    int64    `json:"heartbeat"`     // unix milliseconds of the last heartbeat
-	RegisteredAt int64    `json:"registered_at"` // unix milliseconds
+	ID        string   `json:"id"`
+	Addr      string   `json:"addr"` // gRPC address writers and readers dial
+	Zone      string   `json:"zone,omitempty"`
+	State     State    `json:"state"`
+	Tokens    []uint32 `json:"tokens"`    // sorted ascending; empty for LEFT tombstones
+	Heartbeat int64    `json:"heartbeat"` // unix milliseconds of the last heartbeat
+	// RegisteredAt is when the instance registered with its tokens (unix
+	// milliseconds); a restart that reuses them keeps it.
+	RegisteredAt int64 `json:"registered_at"`
 }
 
 // healthy reports whether the instance heartbeated at or after minHeartbeat
@@ -103,12 +123,12 @@ func (d *InstanceDesc) validate() error {
 
 // compareInstances orders two versions of the same instance: the result is
 // positive when a supersedes b. The newer heartbeat wins; at equal heartbeats
-// the later lifecycle state wins (LEFT over LEAVING over ACTIVE), so a
-// tombstone beats the entry it buries. The remaining fields only break ties
-// that a correct writer never produces (it bumps the heartbeat on every
-// change), but they make the order total, which is what makes merge
-// commutative: both sides pick the same winner whatever order they see the
-// versions in.
+// the later lifecycle state wins (LEFT over LEAVING over ACTIVE over
+// JOINING), so a tombstone beats the entry it buries. The remaining fields
+// only break ties that a correct writer never produces (it bumps the
+// heartbeat on every change), but they make the order total, which is what
+// makes merge commutative: both sides pick the same winner whatever order
+// they see the versions in.
 func compareInstances(a, b *InstanceDesc) int {
 	return cmp.Or(
 		cmp.Compare(a.Heartbeat, b.Heartbeat),
@@ -123,8 +143,11 @@ func compareInstances(a, b *InstanceDesc) int {
 
 // desc is the gossiped ring state: every known instance by ID. It is a
 // state-based CRDT: merge is commutative, associative and idempotent, so
-// members converge whatever order deltas and push/pulls arrive in. A desc is
-// not safe for concurrent use; the Ring guards its own with a mutex.
+// members converge whatever order deltas and push/pulls arrive in. Gossip
+// carries deltas (the changed entries, or only the new heartbeat of an
+// entry otherwise unchanged: see wireBeat) and periodic push/pulls of the
+// whole descriptor, which heal whatever a member missed. A desc is not safe
+// for concurrent use; the Ring guards its own with a mutex.
 type desc map[string]InstanceDesc
 
 // mergeFrom folds other into d and returns the entries of other that changed
@@ -133,8 +156,14 @@ func (d desc) mergeFrom(other desc) []InstanceDesc {
 	var changed []InstanceDesc
 	for _, id := range slices.Sorted(maps.Keys(other)) {
 		in := other[id]
-		if cur, ok := d[id]; ok && compareInstances(&in, &cur) <= 0 {
+		cur, ok := d[id]
+		if ok && compareInstances(&in, &cur) <= 0 {
 			continue
+		}
+		if ok && slices.Equal(in.Tokens, cur.Tokens) {
+			// Most news is a heartbeat: keep sharing the tokens already
+			// held, so that the snapshot sees them unchanged at a glance.
+			in.Tokens = cur.Tokens
 		}
 		d[id] = in
 		changed = append(changed, in)
@@ -154,9 +183,8 @@ func merge(a, b desc) desc {
 
 // removeTombstones deletes LEFT entries whose heartbeat is older than
 // now-ttl and returns how many it deleted. Every member measures the age from
-// the same tombstone heartbeat, so they all forget it at about the same time;
-// a member cut off for longer than ttl may bring the buried entry back (as
-// an unhealthy instance) until auto-forget exists.
+// the same tombstone heartbeat, so they all forget it at about the same time,
+// and Ring.mergeRemote drops expired tombstones that gossip brings back.
 func (d desc) removeTombstones(now time.Time, ttl time.Duration) int {
 	limit := now.Add(-ttl).UnixMilli()
 	n := 0

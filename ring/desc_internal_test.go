@@ -2,6 +2,7 @@ package ring
 
 import (
 	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 
@@ -76,6 +77,8 @@ func TestDesc_MergeFrom(t *testing.T) {
 		{name: "LEFT wins an equal heartbeat", local: &base, in: with(func(d *InstanceDesc) { d.State, d.Tokens = LEFT, nil }), wantWin: true},
 		{name: "ACTIVE loses an equal heartbeat to LEFT", local: ptr(with(func(d *InstanceDesc) { d.State, d.Tokens = LEFT, nil })), in: base, wantWin: false},
 		{name: "LEAVING wins an equal heartbeat over ACTIVE", local: &base, in: with(func(d *InstanceDesc) { d.State = LEAVING }), wantWin: true},
+		{name: "ACTIVE wins an equal heartbeat over JOINING", local: ptr(with(func(d *InstanceDesc) { d.State = JOINING })), in: base, wantWin: true},
+		{name: "newer JOINING beats older LEFT", local: ptr(with(func(d *InstanceDesc) { d.State, d.Tokens = LEFT, nil })), in: with(func(d *InstanceDesc) { d.State, d.Heartbeat = JOINING, 1001 }), wantWin: true},
 		{name: "identical version is no news", local: &base, in: base, wantWin: false},
 	}
 	for _, tc := range tests {
@@ -98,30 +101,52 @@ func TestDesc_MergeFrom(t *testing.T) {
 
 func ptr[T any](v T) *T { return &v }
 
-// TestMerge_RandomOrders merges random versions of a few instances in
-// random orders and groupings: every way must end in the same descriptor,
-// holding the greatest version of each instance.
-func TestMerge_RandomOrders(t *testing.T) {
+// TestMerge_Laws is the property test of the CRDT: random descriptors,
+// each holding random versions of a few instances (few distinct heartbeats,
+// so that ties are common, and every state), merged in random orders and
+// random groupings, with duplicated deliveries, always give the same
+// descriptor: the greatest version of each instance. The laws are also
+// checked one by one on random triples, and the rings built from the
+// results route every token the same way.
+func TestMerge_Laws(t *testing.T) {
 	rnd := rand.New(rand.NewPCG(1, 2))
-	ids := []string{"ing-a", "ing-b", "ing-c", "ing-d"}
-	for round := range 50 {
-		var updates []desc
-		for range 20 {
-			id := ids[rnd.IntN(len(ids))]
-			inst := InstanceDesc{
-				ID: id,
-				// Few distinct heartbeats, so that ties are common.
-				Heartbeat:    int64(rnd.IntN(4)),
-				State:        State(1 + rnd.IntN(3)),
-				Addr:         []string{"10.0.0.1:9095", "10.0.0.2:9095"}[rnd.IntN(2)],
-				RegisteredAt: int64(rnd.IntN(2)),
-			}
-			if inst.State != LEFT {
-				inst.Tokens = [][]uint32{{1, 5}, {2, 6}}[rnd.IntN(2)]
-			}
-			updates = append(updates, desc{id: inst})
+	ids := []string{"ing-a", "ing-b", "ing-c", "ing-d", "ing-e"}
+	randomInstance := func(id string) InstanceDesc {
+		inst := InstanceDesc{
+			ID:           id,
+			Heartbeat:    int64(rnd.IntN(4)),
+			State:        State(1 + rnd.IntN(4)),
+			Addr:         []string{"10.0.0.1:9095", "10.0.0.2:9095"}[rnd.IntN(2)],
+			Zone:         []string{"", "z1"}[rnd.IntN(2)],
+			RegisteredAt: int64(rnd.IntN(2)),
 		}
+		if inst.State != LEFT {
+			inst.Tokens = [][]uint32{{1, 5}, {2, 6}, {3 << 30}}[rnd.IntN(3)]
+		}
+		return inst
+	}
+	randomDesc := func() desc {
+		d := desc{}
+		for _, id := range ids {
+			if rnd.IntN(2) == 0 {
+				d[id] = randomInstance(id)
+			}
+		}
+		return d
+	}
 
+	for round := range 200 {
+		// Commutativity, associativity and idempotency on a random triple.
+		a, b, c := randomDesc(), randomDesc(), randomDesc()
+		require.Equal(t, merge(a, b), merge(b, a), "round %d: commutative", round)
+		require.Equal(t, merge(merge(a, b), c), merge(a, merge(b, c)), "round %d: associative", round)
+		require.Equal(t, merge(desc{}, a), merge(a, a), "round %d: idempotent", round)
+		require.Equal(t, merge(a, b), merge(merge(a, b), b), "round %d: idempotent", round)
+
+		var updates []desc
+		for range 12 {
+			updates = append(updates, randomDesc())
+		}
 		want := desc{}
 		for _, u := range updates {
 			for id, inst := range u {
@@ -130,13 +155,29 @@ func TestMerge_RandomOrders(t *testing.T) {
 				}
 			}
 		}
-
+		wantRing := newSnapshot(want, nil)
 		for range 10 {
-			shuffled := append([]desc(nil), updates...)
+			shuffled := slices.Clone(updates)
 			rnd.Shuffle(len(shuffled), func(i, j int) { shuffled[i], shuffled[j] = shuffled[j], shuffled[i] })
-			require.Equal(t, want, mergeTree(rnd, shuffled), "round %d", round)
+			got := mergeTree(rnd, shuffled)
+			require.Equal(t, want, got, "round %d", round)
 			// Duplicated deliveries change nothing.
 			require.Equal(t, want, mergeTree(rnd, append(shuffled, shuffled[:5]...)), "round %d", round)
+			// Applying them one by one, as a member does, agrees too.
+			one := desc{}
+			for _, u := range shuffled {
+				one.mergeFrom(u)
+			}
+			require.Equal(t, want, one, "round %d", round)
+
+			gotRing := newSnapshot(got, nil)
+			require.Equal(t, wantRing.tokens, gotRing.tokens)
+			for _, tok := range []uint32{0, 2, 4, 6, 1 << 31, ^uint32(0)} {
+				w, werr := wantRing.get(tok, 2, 0, nil)
+				g, gerr := gotRing.get(tok, 2, 0, nil)
+				require.Equal(t, werr, gerr)
+				require.Equal(t, w, g)
+			}
 		}
 	}
 }

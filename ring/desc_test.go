@@ -9,7 +9,7 @@ import (
 )
 
 func TestState_Text(t *testing.T) {
-	for _, s := range []ring.State{ring.ACTIVE, ring.LEAVING, ring.LEFT} {
+	for _, s := range []ring.State{ring.JOINING, ring.ACTIVE, ring.LEAVING, ring.LEFT} {
 		text, err := s.MarshalText()
 		require.NoError(t, err)
 		require.Equal(t, s.String(), string(text))
@@ -17,6 +17,7 @@ func TestState_Text(t *testing.T) {
 		require.NoError(t, back.UnmarshalText(text))
 		require.Equal(t, s, back)
 	}
+	require.Equal(t, "JOINING", ring.JOINING.String())
 	require.Equal(t, "ACTIVE", ring.ACTIVE.String())
 	require.Equal(t, "LEAVING", ring.LEAVING.String())
 	require.Equal(t, "LEFT", ring.LEFT.String())

@@ -7,9 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/hashicorp/memberlist"
 )
@@ -20,12 +23,13 @@ const (
 	msgDelta    byte = 'd' // changed instances, from the broadcast queue (UDP)
 	msgReliable byte = 'r' // changed instances too big for a packet (TCP)
 	msgState    byte = 's' // the full descriptor, on push/pull (TCP)
+	msgBeat     byte = 'b' // a new heartbeat of an entry otherwise unchanged (UDP)
 )
 
 // packetHeadroom is what memberlist's framing (compound and user message
-// headers) may take from a UDP packet; a delta longer than
-// UDPBufferSize-packetHeadroom goes over TCP instead, since the broadcast
-// queue would never find room for it.
+// headers, 2 and 3 bytes, and encryption, 29 bytes) may take from a UDP
+// packet; a delta longer than UDPBufferSize-packetHeadroom goes over TCP
+// instead, since the broadcast queue would never find room for it.
 const packetHeadroom = 64
 
 // reliableFanout is how many random peers receive each delta that is too big
@@ -128,21 +132,64 @@ func decodeMessage(b []byte) (kind byte, d desc, invalid int, err error) {
 	return kind, d, invalid, nil
 }
 
-// instanceBroadcast is one instance's latest entry in the broadcast queue.
-// It is named after the instance, so queueing a newer entry replaces an
-// older one still waiting.
+// wireBeat is a heartbeat on the wire: the new heartbeat of the version
+// (see version) of an instance's entry that the sender holds. It is a
+// delta of that entry, which a member holding the same version applies as
+// if it had received the whole entry, and any other member drops: it will
+// get the whole entry from the next push/pull. Most gossip is heartbeats,
+// and a beat is a tenth of the size of an entry with 128 tokens, so a
+// packet carries ten times as many.
+type wireBeat struct {
+	ID        string `json:"id"`
+	Version   uint64 `json:"v"`
+	Heartbeat int64  `json:"hb"`
+}
+
+// encodeBeat encodes the heartbeat of inst.
+func encodeBeat(inst *InstanceDesc) []byte {
+	b, err := json.Marshal(wireBeat{ID: inst.ID, Version: version(inst), Heartbeat: inst.Heartbeat})
+	if err != nil {
+		panic("BUG: encode ring heartbeat: " + err.Error())
+	}
+	return append([]byte{msgBeat}, b...)
+}
+
+// decodeBeat decodes a message written by encodeBeat. It does not retain b.
+func decodeBeat(b []byte) (wireBeat, error) {
+	var beat wireBeat
+	if len(b) == 0 || b[0] != msgBeat {
+		return beat, errors.New("not a ring heartbeat message")
+	}
+	if err := json.Unmarshal(b[1:], &beat); err != nil {
+		return beat, fmt.Errorf("decode ring heartbeat message of %d bytes: %w", len(b), err)
+	}
+	if beat.ID == "" {
+		return beat, errors.New("ring heartbeat message without instance id")
+	}
+	return beat, nil
+}
+
+// instanceBroadcast is one instance's latest entry, or latest heartbeat,
+// in the broadcast queue. It is named after the instance (and kind), so
+// queueing a newer one replaces an older one still waiting; a heartbeat
+// does not replace a whole entry, which members without it need first.
 type instanceBroadcast struct {
-	id   string
+	name string
 	msg  []byte
 	done chan struct{} // closed by Finished when not nil
 }
 
-func (b *instanceBroadcast) Invalidates(other memberlist.Broadcast) bool {
-	o, ok := other.(*instanceBroadcast)
-	return ok && o.id == b.id
+func broadcastName(id string, beat bool) string {
+	if beat {
+		return id + "\x00beat"
+	}
+	return id
 }
 
-func (b *instanceBroadcast) Name() string    { return b.id }
+// Invalidates is unused: the queue replaces named broadcasts by name.
+func (b *instanceBroadcast) Invalidates(memberlist.Broadcast) bool { return false }
+
+func (b *instanceBroadcast) Name() string    { return b.name }
 func (b *instanceBroadcast) Message() []byte { return b.msg }
 
 // Finished is called by the queue, under its lock, once the message was sent
@@ -153,19 +200,24 @@ func (b *instanceBroadcast) Finished() {
 	}
 }
 
-// broadcastLocked sends inst to the other members: through memberlist's
-// broadcast queue when it fits a packet, else over TCP from
-// sendReliableLoop. done, if not nil, is closed once the broadcast is over.
-// The caller holds r.descMtx, so broadcasts of one instance are queued in
-// the order its versions were merged and an older one never replaces a
-// newer one.
-func (r *Ring) broadcastLocked(inst InstanceDesc, done chan struct{}) {
+// broadcastLocked sends inst to the other members: only its heartbeat when
+// beat is set (its previous version differs in the heartbeat only), else
+// the whole entry; through memberlist's broadcast queue when it fits a
+// packet, else over TCP from sendReliableLoop. done, if not nil, is closed
+// once the broadcast is over. The caller holds r.descMtx, so broadcasts of
+// one instance are queued in the order its versions were merged and an
+// older one never replaces a newer one.
+func (r *Ring) broadcastLocked(inst InstanceDesc, beat bool, done chan struct{}) {
+	if beat {
+		r.queue.QueueBroadcast(&instanceBroadcast{name: broadcastName(inst.ID, true), msg: encodeBeat(&inst), done: done})
+		return
+	}
 	msg, err := encodeMessage(msgDelta, []InstanceDesc{inst})
 	if err != nil {
 		panic("BUG: " + err.Error()) // Only valid descriptors get here.
 	}
 	if len(msg) <= r.maxPacketMessage {
-		r.queue.QueueBroadcast(&instanceBroadcast{id: inst.ID, msg: msg, done: done})
+		r.queue.QueueBroadcast(&instanceBroadcast{name: broadcastName(inst.ID, false), msg: msg, done: done})
 		return
 	}
 	msg[0] = msgReliable
@@ -217,21 +269,62 @@ func (r *Ring) sendReliableLoop(stopc <-chan struct{}) {
 	}
 }
 
-// alivePeers returns the other members memberlist believes alive.
+// alivePeers returns the other members memberlist believes alive, as
+// copies that are safe to read.
 func (r *Ring) alivePeers() []*memberlist.Node {
-	var peers []*memberlist.Node
-	for _, n := range r.ml.Members() {
-		if n.Name != r.nodeName && n.State == memberlist.StateAlive {
-			peers = append(peers, n)
-		}
+	r.peersMtx.Lock()
+	defer r.peersMtx.Unlock()
+	peers := make([]*memberlist.Node, 0, len(r.peers))
+	for _, n := range r.peers {
+		peers = append(peers, &n)
 	}
 	return peers
 }
 
+// events is the memberlist.EventDelegate of a Ring: it keeps r.peers, the
+// other alive members. memberlist.Members hands out its own nodes, which
+// its goroutines keep updating without a lock the caller could take, so
+// the ring copies them here instead, where memberlist calls with its node
+// lock held.
+type events struct{ r *Ring }
+
+var _ memberlist.EventDelegate = events{}
+
+func (e events) NotifyJoin(n *memberlist.Node)   { e.set(n, true) }
+func (e events) NotifyUpdate(n *memberlist.Node) { e.set(n, true) }
+func (e events) NotifyLeave(n *memberlist.Node)  { e.set(n, false) }
+
+func (e events) set(n *memberlist.Node, alive bool) {
+	if n.Name == e.r.nodeName {
+		return
+	}
+	e.r.peersMtx.Lock()
+	defer e.r.peersMtx.Unlock()
+	if !alive {
+		delete(e.r.peers, n.Name)
+		return
+	}
+	e.r.peers[n.Name] = memberlist.Node{Name: n.Name, Addr: slices.Clone(n.Addr), Port: n.Port, State: memberlist.StateAlive}
+}
+
 // mergeRemote merges a descriptor received from a peer and, when pass is
-// set, passes on whatever was news here. Passing on only news is what ends
-// the epidemic: a member that already knew a version stays quiet.
+// set (a delta), passes on whatever was news here and records how old the
+// news was. Passing on only news is what ends the epidemic: a member that
+// already knew a version stays quiet.
 func (r *Ring) mergeRemote(d desc, pass bool) {
+	// A member that has not dropped an expired tombstone or a forgotten
+	// instance yet (its tick comes later, or it was cut off) must not give
+	// it back to one that has, or it bounces between them for good.
+	now := r.now()
+	if r.cfg.TombstoneTimeout > 0 {
+		d.removeTombstones(now, r.cfg.TombstoneTimeout)
+	}
+	if r.cfg.AutoForgetAfter > 0 {
+		limit := now.Add(-r.cfg.AutoForgetAfter).UnixMilli()
+		maps.DeleteFunc(d, func(id string, inst InstanceDesc) bool {
+			return inst.State != LEFT && inst.Heartbeat < limit && id != r.id
+		})
+	}
 	r.descMtx.Lock()
 	defer r.descMtx.Unlock()
 	changed := r.desc.mergeFrom(d)
@@ -241,7 +334,61 @@ func (r *Ring) mergeRemote(d desc, pass bool) {
 	r.rebuildLocked()
 	if pass {
 		for _, inst := range changed {
-			r.broadcastLocked(inst, nil)
+			r.broadcastLocked(inst, false, nil)
+			r.metrics.propagationDelay.Observe(float64(max(0, now.UnixMilli()-inst.Heartbeat)) / 1000)
+		}
+	}
+}
+
+// mergeBeat applies a heartbeat when this member holds the version of the
+// entry it belongs to, and passes it on when it was news. A newer heartbeat
+// of a version this member does not hold means it missed a change (a lost
+// packet, or it was cut off): it asks for a push/pull (see syncLoop) rather
+// than wait for the periodic one, during which the instance would look
+// unhealthy here.
+func (r *Ring) mergeBeat(beat wireBeat) {
+	r.descMtx.Lock()
+	defer r.descMtx.Unlock()
+	cur, ok := r.desc[beat.ID]
+	if ok && beat.Heartbeat <= cur.Heartbeat {
+		return
+	}
+	if !ok || version(&cur) != beat.Version {
+		select {
+		case r.syncc <- struct{}{}:
+		default:
+		}
+		return
+	}
+	cur.Heartbeat = beat.Heartbeat
+	r.desc[beat.ID] = cur
+	r.rebuildLocked()
+	r.broadcastLocked(cur, true, nil)
+	r.metrics.propagationDelay.Observe(float64(max(0, r.now().UnixMilli()-cur.Heartbeat)) / 1000)
+}
+
+// syncLoop push/pulls the full state with a random peer when mergeBeat asks
+// for it, at most once per spreadTime, until stopc closes.
+func (r *Ring) syncLoop(stopc <-chan struct{}) {
+	for {
+		select {
+		case <-stopc:
+			return
+		case <-r.syncc:
+		}
+		if peers := r.alivePeers(); len(peers) > 0 {
+			p := peers[rand.IntN(len(peers))]
+			// Join with a member push/pulls the full state with it.
+			if _, err := r.ml.Join([]string{p.Address()}); err != nil {
+				r.logger.Debug("Failed to sync the ring with a peer", "peer", p.Name, "err", err)
+			} else {
+				r.metrics.syncs.Inc()
+			}
+		}
+		select {
+		case <-stopc:
+			return
+		case <-time.After(r.spreadTime):
 		}
 	}
 }
@@ -257,6 +404,17 @@ func (delegate) NodeMeta(int) []byte { return nil }
 
 // NotifyMsg merges a delta; b is not retained, as memberlist reuses it.
 func (d delegate) NotifyMsg(b []byte) {
+	if len(b) > 0 && b[0] == msgBeat {
+		beat, err := decodeBeat(b)
+		if err != nil {
+			d.r.metrics.invalidMessages.Inc()
+			d.r.logger.Warn("Dropping invalid ring gossip message", "err", err)
+			return
+		}
+		d.r.metrics.messagesReceived.WithLabelValues(kindBeat).Inc()
+		d.r.mergeBeat(beat)
+		return
+	}
 	kind, in, ok := d.decode(b)
 	if !ok {
 		return

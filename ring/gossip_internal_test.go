@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -99,7 +100,7 @@ func TestBroadcast_PacketOrTCP(t *testing.T) {
 	r := newRing(Config{}, "self", "", nil, nil)
 
 	r.descMtx.Lock()
-	r.broadcastLocked(inst(128), nil)
+	r.broadcastLocked(inst(128), false, nil)
 	r.descMtx.Unlock()
 	require.Equal(t, 1, r.queue.NumQueued())
 	require.Empty(t, r.reliablePending)
@@ -107,7 +108,7 @@ func TestBroadcast_PacketOrTCP(t *testing.T) {
 	big := inst(1024)
 	done := make(chan struct{})
 	r.descMtx.Lock()
-	r.broadcastLocked(big, done)
+	r.broadcastLocked(big, false, done)
 	r.descMtx.Unlock()
 	require.Equal(t, 1, r.queue.NumQueued())
 	require.Len(t, r.reliablePending, 1)
@@ -138,4 +139,111 @@ func TestParseMemberlistLine(t *testing.T) {
 			require.Equal(t, tc.wantText, text)
 		})
 	}
+}
+
+func TestEncodeDecodeBeat(t *testing.T) {
+	inst := InstanceDesc{ID: "a", Addr: "10.0.0.1:9095", State: ACTIVE, Tokens: []uint32{1, 2}, Heartbeat: 1234}
+	b := encodeBeat(&inst)
+	require.Equal(t, msgBeat, b[0])
+	require.Less(t, len(b), 64, "a heartbeat is small, whatever the tokens")
+	beat, err := decodeBeat(b)
+	require.NoError(t, err)
+	require.Equal(t, wireBeat{ID: "a", Version: version(&inst), Heartbeat: 1234}, beat)
+
+	other := inst
+	other.Heartbeat = 99
+	require.Equal(t, version(&inst), version(&other), "the heartbeat is not part of the version")
+	for name, change := range map[string]func(*InstanceDesc){
+		"state":  func(i *InstanceDesc) { i.State = LEAVING },
+		"tokens": func(i *InstanceDesc) { i.Tokens = []uint32{1, 3} },
+		"addr":   func(i *InstanceDesc) { i.Addr = "10.0.0.2:9095" },
+	} {
+		changed := inst
+		change(&changed)
+		require.NotEqual(t, version(&inst), version(&changed), name)
+	}
+
+	for _, bad := range []string{"", "d{}", "b{", `b{"v":1,"hb":2}`} {
+		_, err := decodeBeat([]byte(bad))
+		require.Error(t, err, bad)
+	}
+}
+
+func TestRing_MergeBeat(t *testing.T) {
+	now := time.UnixMilli(10_000)
+	held := InstanceDesc{ID: "a", Addr: "a:9095", State: ACTIVE, Tokens: []uint32{1, 2}, Heartbeat: 5_000}
+	newer := held
+	newer.Heartbeat = 9_000
+	changed := newer
+	changed.State = LEAVING
+	tests := []struct {
+		name     string
+		beat     wireBeat
+		want     int64 // heartbeat of a afterwards
+		wantPass bool  // passed on
+		wantSync bool  // a push/pull was asked for
+	}{
+		{name: "newer heartbeat of the version held", beat: wireBeat{ID: "a", Version: version(&held), Heartbeat: 9_000}, want: 9_000, wantPass: true},
+		{name: "older heartbeat", beat: wireBeat{ID: "a", Version: version(&held), Heartbeat: 4_000}, want: 5_000},
+		{name: "same heartbeat", beat: wireBeat{ID: "a", Version: version(&held), Heartbeat: 5_000}, want: 5_000},
+		{name: "newer heartbeat of a version not held", beat: wireBeat{ID: "a", Version: version(&changed), Heartbeat: 9_000}, want: 5_000, wantSync: true},
+		{name: "unknown instance", beat: wireBeat{ID: "b", Version: 1, Heartbeat: 9_000}, want: 5_000, wantSync: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newTestRing(t, "self", "", &now, nil)
+			setDesc(r, desc{"a": held})
+			r.mergeBeat(tc.beat)
+			require.Equal(t, tc.want, entry(t, r, "a").Heartbeat)
+			msgs := r.queue.GetBroadcasts(0, 10_000)
+			if tc.wantPass {
+				require.Equal(t, [][]byte{encodeBeat(&newer)}, msgs)
+			} else {
+				require.Empty(t, msgs)
+			}
+			require.Equal(t, tc.wantSync, len(r.syncc) == 1)
+		})
+	}
+}
+
+// TestRing_HeartbeatsAreBeats checks what an ingester gossips: its whole
+// entry when something but the heartbeat changed, else only a heartbeat;
+// and that a heartbeat does not displace a whole entry still queued.
+func TestRing_HeartbeatsAreBeats(t *testing.T) {
+	now := time.UnixMilli(10_000)
+	r := newTestRing(t, "self", "self:9095", &now, nil)
+	_, err := r.register() // JOINING: a whole entry
+	require.NoError(t, err)
+	now = now.Add(time.Second)
+	r.tick() // a heartbeat
+	queued := func() (delta InstanceDesc, beat wireBeat) {
+		t.Helper()
+		msgs := r.queue.GetBroadcasts(0, 10_000)
+		require.Len(t, msgs, 2)
+		for _, m := range msgs {
+			switch m[0] {
+			case msgDelta:
+				_, d, _, err := decodeMessage(m)
+				require.NoError(t, err)
+				delta = d["self"]
+			case msgBeat:
+				beat, err = decodeBeat(m)
+				require.NoError(t, err)
+			}
+		}
+		return delta, beat
+	}
+	delta, beat := queued()
+	require.Equal(t, JOINING, delta.State)
+	require.Equal(t, int64(10_000), delta.Heartbeat)
+	require.Equal(t, wireBeat{ID: "self", Version: version(&delta), Heartbeat: 11_000}, beat)
+
+	now = now.Add(time.Second)
+	r.tick()                // a newer heartbeat replaces the queued one
+	_, err = r.settleJoin() // ACTIVE: a whole entry replaces the queued one
+	require.NoError(t, err)
+	delta, beat = queued()
+	require.Equal(t, ACTIVE, delta.State)
+	require.Equal(t, int64(12_001), delta.Heartbeat)
+	require.Equal(t, int64(12_000), beat.Heartbeat, "members holding the ACTIVE entry ignore this older heartbeat")
 }

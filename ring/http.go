@@ -2,6 +2,7 @@ package ring
 
 import (
 	"encoding/json"
+	"errors"
 	"html/template"
 	"net/http"
 	"strings"
@@ -50,8 +51,21 @@ func (r *Ring) status(now time.Time) []InstanceStatus {
 
 // ServeHTTP serves the /ring page: an HTML table of every known instance,
 // or, when the Accept header includes application/json, a JSON array of
-// InstanceStatus.
+// InstanceStatus. A POST with the form value forget=<id> forgets that
+// unhealthy instance (the page's Forget button) and redirects back to the
+// page; forgetting an unknown instance answers 404, a healthy one or a
+// tombstone 409.
 func (r *Ring) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	switch req.Method {
+	case http.MethodGet, http.MethodHead:
+	case http.MethodPost:
+		r.serveForget(w, req)
+		return
+	default:
+		w.Header().Set("Allow", "GET, HEAD, POST")
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
 	rows := r.status(r.now())
 	if strings.Contains(req.Header.Get("Accept"), "application/json") {
 		w.Header().Set("Content-Type", "application/json")
@@ -64,12 +78,32 @@ func (r *Ring) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	data := struct {
 		Self              string
 		ReplicationFactor int
+		ZoneAware         bool
 		HeartbeatTimeout  time.Duration
+		AutoForgetAfter   time.Duration
 		Instances         []InstanceStatus
-	}{r.id, r.cfg.ReplicationFactor, r.cfg.HeartbeatTimeout, rows}
+	}{r.id, r.cfg.ReplicationFactor, r.ZoneAwareReads(), r.cfg.HeartbeatTimeout, r.cfg.AutoForgetAfter, rows}
 	if err := ringPage.Execute(w, data); err != nil {
 		r.logger.Debug("Failed to write /ring page", "err", err)
 	}
+}
+
+func (r *Ring) serveForget(w http.ResponseWriter, req *http.Request) {
+	id := req.FormValue("forget")
+	if id == "" {
+		http.Error(w, "missing form value forget=<instance id>", http.StatusBadRequest)
+		return
+	}
+	if err := r.Forget(id); err != nil {
+		code := http.StatusConflict
+		if errors.Is(err, errUnknownInstance) {
+			code = http.StatusNotFound
+		}
+		http.Error(w, err.Error(), code)
+		return
+	}
+	// Post/redirect/get: reloading the page does not post again.
+	http.Redirect(w, req, req.URL.Path, http.StatusSeeOther)
 }
 
 // ringPage is parsed once; templates are safe for concurrent Execute.
@@ -89,12 +123,12 @@ tr.unhealthy { background: #fdd; }
 </head>
 <body>
 <h1>Ring</h1>
-<p>Seen from {{.Self}}. Replication factor {{.ReplicationFactor}}; an instance is unhealthy after {{.HeartbeatTimeout}} without a heartbeat.</p>
+<p>Seen from {{.Self}}. Replication factor {{.ReplicationFactor}}{{if .ZoneAware}}, one replica per zone{{end}}; an instance is unhealthy after {{.HeartbeatTimeout}} without a heartbeat{{if .AutoForgetAfter}} and forgotten after {{.AutoForgetAfter}}{{end}}.</p>
 <table>
-<thead><tr><th>Instance</th><th>Zone</th><th>State</th><th>Address</th><th>Tokens</th><th>Ownership</th><th>Last heartbeat</th><th>Health</th></tr></thead>
+<thead><tr><th>Instance</th><th>Zone</th><th>State</th><th>Address</th><th>Tokens</th><th>Ownership</th><th>Last heartbeat</th><th>Health</th><th></th></tr></thead>
 <tbody>
 {{- range .Instances}}
-<tr{{if not .Healthy}} class="unhealthy"{{end}}><td>{{.ID}}</td><td>{{.Zone}}</td><td>{{.State}}</td><td>{{.Addr}}</td><td>{{.Tokens}}</td><td>{{printf "%.2f" .OwnershipPercent}}%</td><td>{{age .HeartbeatAgeSeconds}} ago</td><td>{{if .Healthy}}healthy{{else}}unhealthy{{end}}</td></tr>
+<tr{{if not .Healthy}} class="unhealthy"{{end}}><td>{{.ID}}</td><td>{{.Zone}}</td><td>{{.State}}</td><td>{{.Addr}}</td><td>{{.Tokens}}</td><td>{{printf "%.2f" .OwnershipPercent}}%</td><td>{{age .HeartbeatAgeSeconds}} ago</td><td>{{if .Healthy}}healthy{{else}}unhealthy{{end}}</td><td>{{if and (not .Healthy) (ne .State.String "LEFT")}}<form method="post"><input type="hidden" name="forget" value="{{.ID}}"><button type="submit">Forget</button></form>{{end}}</td></tr>
 {{- end}}
 </tbody>
 </table>

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -271,6 +272,9 @@ func start(o *options, logger *slog.Logger) error {
 
 	// Ring: every role is a member; an ingester also owns tokens, kept in
 	// its data directory so that a restart gets the same series back.
+	if o.role.ingester {
+		o.ring.TokensFile = filepath.Join(o.ingester.StoragePath, "ring-tokens.json")
+	}
 	r, err := ring.New(o.ring, instanceAddr, logger.With("component", "ring"), reg)
 	if err != nil {
 		return err
@@ -343,6 +347,11 @@ func start(o *options, logger *slog.Logger) error {
 		g.Add(func() error {
 			return grpcSrv.Serve(grpcLn)
 		}, func(error) {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			if err := r.SetLeaving(ctx); err != nil {
+				logger.Warn("Could not tell the ring this ingester is leaving before it stops serving", "err", err)
+			}
+			cancel()
 			stopGRPC(grpcSrv, 10*time.Second)
 		})
 		// Then the ingester refuses what is left, waits for the requests
