@@ -51,7 +51,7 @@ func runAgent(t *testing.T, cfgText string) *teststorage.TestStorage {
 	db := teststorage.New(t)
 	cfg, err := agent.ParseScrapeConfig(cfgText, nil)
 	require.NoError(t, err)
-	a, err := agent.New(cfg, db, nil, prometheus.NewPedanticRegistry())
+	a, err := agent.New(agent.Config{WALPath: t.TempDir(), WALRetention: 2 * time.Hour, ScrapeInterval: time.Minute}, cfg, db, nil, prometheus.NewPedanticRegistry())
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

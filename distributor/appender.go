@@ -2,11 +2,13 @@ package distributor
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
-	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/model/exemplar"
 	"github.com/prometheus/prometheus/model/histogram"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/storage"
@@ -24,18 +26,29 @@ import (
 // The SeriesRef it returns is the series' hash. The scrape loop caches refs
 // by series and hands them back on every later scrape, so a steady scrape
 // neither re-hashes nor re-validates a label set, and needs no map here.
+//
+// A sample that breaks a rule (see validateSeries and checkTime) is refused
+// alone: Append counts it and returns no error, so that Prometheus' remote
+// write 1.0 receiver, which rolls back a whole request on an Append error,
+// still stores the rest; Commit then reports every refusal in an error
+// wrapping ErrInvalidSeries, after storing everything else.
 type appender struct {
-	ctx context.Context
-	d   *Distributor
+	ctx      context.Context
+	d        *Distributor
+	times    timeRange   // Timestamps accepted, fixed when the transaction starts.
+	report   *pushReport // Where an HTTP push wants the outcome; nil otherwise.
+	rejected rejections
 
 	series  []pendingSeries
 	floats  []floatSample // Every series' float samples; see pendingSeries.
 	samples int           // Samples of every type appended.
 
 	// Scratch space of Commit, kept for the next transaction.
-	encoded  []byte // Every series encoded once, back to back.
-	ends     []int  // ends[i] is where series i ends in encoded.
-	replicas []int  // See batch.
+	encoded []byte // Every series encoded once, back to back.
+	ends    []int  // ends[i] is where series i ends in encoded.
+	batch   batch
+	index   map[string]int // Instance ID -> index in batch.targets.
+	ringBuf []ring.InstanceDesc
 }
 
 // pendingSeries is one series of the transaction. Its float samples are
@@ -56,17 +69,40 @@ type floatSample struct {
 	v     float64
 }
 
-var _ storage.AppenderV2 = (*appender)(nil)
+var (
+	_ storage.AppenderV2         = (*appender)(nil)
+	_ storage.ExemplarAppenderV2 = (*appender)(nil)
+)
 
-// Append buffers one sample with its exemplars and metadata.
-func (a *appender) Append(ref storage.SeriesRef, ls labels.Labels, st, t int64, v float64, h *histogram.Histogram, fh *histogram.FloatHistogram, opts storage.AppendV2Options) (storage.SeriesRef, error) {
+// Append buffers one sample with its exemplars and metadata, or refuses it
+// (see appender).
+func (a *appender) Append(ref storage.SeriesRef, ls labels.Labels, st, t int64, v float64, h *histogram.Histogram, fh *histogram.FloatHistogram, opts storage.AOptions) (storage.SeriesRef, error) {
+	isHistogram := h != nil || fh != nil
 	hash := uint64(ref)
 	if hash == 0 {
-		if err := validateLabels(ls); err != nil {
-			return 0, err
+		if r, err := a.d.cfg.validateSeries(ls, a.report != nil && a.report.labelsChecked); err != nil {
+			a.reject(r, err, isHistogram, len(opts.Exemplars))
+			return 0, nil
 		}
 		hash = SeriesHash(ls)
 	}
+	if t < a.times.minT || t > a.times.maxT {
+		r, err := a.d.cfg.checkTime(a.times, t, ls)
+		a.reject(r, err, isHistogram, len(opts.Exemplars))
+		return storage.SeriesRef(hash), nil
+	}
+	var hErr error
+	switch {
+	case fh != nil:
+		hErr = fh.Validate()
+	case h != nil:
+		hErr = h.Validate()
+	}
+	if hErr != nil {
+		a.reject(reasonInvalidHistogram, fmt.Errorf("histogram at %s in series %s: %w", formatTime(t), ls, hErr), true, len(opts.Exemplars))
+		return storage.SeriesRef(hash), nil
+	}
+
 	n := len(a.series)
 	if n == 0 || a.series[n-1].hash != hash || !labels.Equal(a.series[n-1].ls, ls) {
 		a.series = append(a.series, pendingSeries{ls: ls, hash: hash, first: len(a.floats)})
@@ -86,11 +122,7 @@ func (a *appender) Append(ref storage.SeriesRef, ls labels.Labels, st, t int64, 
 		a.floats = append(a.floats, floatSample{st: st, t: t, v: v})
 		s.count++
 	}
-	// The caller may reuse the exemplars' labels after Append returns.
-	for _, e := range opts.Exemplars {
-		e.Labels = e.Labels.Copy()
-		s.exemplars = append(s.exemplars, censuspb.FromExemplar(e))
-	}
+	a.addExemplars(s, opts.Exemplars)
 	if m := censuspb.FromMetadata(opts.Metadata); m != nil {
 		s.metadata = m
 	}
@@ -98,19 +130,37 @@ func (a *appender) Append(ref storage.SeriesRef, ls labels.Labels, st, t int64, 
 	return storage.SeriesRef(hash), nil
 }
 
-// validateLabels refuses label sets an ingester would refuse, so a bad
-// series fails alone, at its Append, instead of failing a whole push.
-func validateLabels(ls labels.Labels) error {
-	if ls.IsEmpty() {
-		return fmt.Errorf("%w: series has no labels", ErrInvalidSeries)
+// AppendExemplars adds exemplars to the series appended last, as
+// Prometheus' remote-write receivers call it: right after the series'
+// samples.
+func (a *appender) AppendExemplars(ref storage.SeriesRef, ls labels.Labels, es []exemplar.Exemplar) (storage.SeriesRef, error) {
+	if ref == 0 {
+		// Append refused the series and counted it; its exemplars go
+		// with it.
+		a.rejected.exemplars += len(es)
+		return 0, nil
 	}
-	if !ls.IsValid(model.UTF8Validation) {
-		return fmt.Errorf("%w: empty or non-UTF-8 label name or value in series %s", ErrInvalidSeries, ls)
+	n := len(a.series)
+	if n == 0 || a.series[n-1].hash != uint64(ref) || !labels.Equal(a.series[n-1].ls, ls) {
+		a.rejected.exemplars += len(es)
+		return ref, fmt.Errorf("exemplars of series %s: %w: append its samples right before its exemplars", ls, storage.ErrNotFound)
 	}
-	if name, dup := ls.HasDuplicateLabelNames(); dup {
-		return fmt.Errorf("%w: duplicate label name %q in series %s", ErrInvalidSeries, name, ls)
+	a.addExemplars(&a.series[n-1], es)
+	return ref, nil
+}
+
+func (a *appender) addExemplars(s *pendingSeries, es []exemplar.Exemplar) {
+	// The caller may reuse the exemplars' labels after Append returns.
+	for _, e := range es {
+		e.Labels = e.Labels.Copy()
+		s.exemplars = append(s.exemplars, censuspb.FromExemplar(e))
 	}
-	return nil
+}
+
+// reject counts a refused sample, with its exemplars.
+func (a *appender) reject(r reason, err error, isHistogram bool, exemplars int) {
+	a.d.metrics.discarded[r].Inc()
+	a.rejected.add(r, err, isHistogram, exemplars)
 }
 
 // Rollback drops the buffered samples.
@@ -121,45 +171,73 @@ func (a *appender) Rollback() error {
 
 // Commit pushes every buffered series to its replicas concurrently, one
 // request per ingester, and succeeds when each series reached a quorum
-// (ReplicationFactor/2+1) of its replicas.
-func (a *appender) Commit() error {
+// (ReplicationFactor/2+1) of its replicas and nothing was refused. Refused
+// samples (by Append's rules or by an ingester) make an error wrapping
+// ErrInvalidSeries or ErrLimited once everything else is stored; a series
+// short of its quorum makes one wrapping ErrNoQuorum. httpStatus tells what
+// each means to a sender.
+func (a *appender) Commit() (err error) {
+	if rep := a.report; rep != nil {
+		rep.floats, rep.histograms, rep.exemplars = len(a.floats), a.samples-len(a.floats), 0
+		for i := range a.series {
+			rep.exemplars += len(a.series[i].exemplars)
+		}
+		rep.rejected = a.rejected.floats + a.rejected.histograms
+		rep.rejectedFloats, rep.rejectedHistograms, rep.rejectedExemplars = a.rejected.floats, a.rejected.histograms, a.rejected.exemplars
+		defer func() {
+			// The HTTP push gets the whole story from the report. Its
+			// Prometheus handler sees only what must be sent again, so
+			// that it keeps its own refusals (remote write 2.0 checks
+			// labels itself) instead of failing the whole request.
+			rep.commit(err)
+			if !retryable(err) {
+				err = nil
+			}
+		}()
+	}
 	defer a.d.putAppender(a)
+	rejected := a.rejected.err()
 	if len(a.series) == 0 {
-		return nil
+		return rejected
 	}
 	a.d.metrics.receivedSamples.Add(float64(a.samples))
 
 	if err := a.encode(); err != nil {
 		a.d.metrics.commits.WithLabelValues("rejected").Inc()
-		return err
+		return errors.Join(err, rejected)
 	}
 	b, err := a.shard()
 	if err != nil {
 		a.d.metrics.commits.WithLabelValues("rejected").Inc()
-		return err
+		return errors.Join(err, rejected)
 	}
 	ctx, cancel := context.WithTimeout(a.ctx, a.d.cfg.PushTimeout)
 	defer cancel()
 	errs := a.d.push(ctx, b.targets)
-	if err := b.checkQuorum(errs); err != nil {
+	quorumErr := b.checkQuorum(errs)
+	a.d.metrics.countIngesterSamples(b, errs, quorumErr == nil, isRetry(a.ctx))
+	if quorumErr != nil {
 		a.d.metrics.commits.WithLabelValues("no_quorum").Inc()
-		return err
+		return errors.Join(quorumErr, rejected)
 	}
-	for _, err := range errs {
-		// Every series has its quorum, but an ingester refused part of the
-		// input: report it so the sender does not retry. Other failures
-		// are what replicas are for: the quorum covers them.
-		switch status.Code(err) {
-		case codes.InvalidArgument:
-			a.d.metrics.commits.WithLabelValues("invalid").Inc()
-			return fmt.Errorf("%w: %w", ErrInvalidSeries, err)
-		case codes.ResourceExhausted:
-			a.d.metrics.commits.WithLabelValues("limited").Inc()
-			return fmt.Errorf("%w: %w", ErrLimited, err)
-		}
+	// Every series has its quorum, but an ingester may have refused part
+	// of the input: report it so the sender does not retry. Other failures
+	// are what replicas are for: the quorum covers them.
+	refusedSamples, refused := b.refusals(errs)
+	if a.report != nil {
+		a.report.refused = refusedSamples
 	}
-	a.d.metrics.commits.WithLabelValues("success").Inc()
-	return nil
+	switch {
+	case errors.Is(refused, ErrInvalidSeries):
+		a.d.metrics.commits.WithLabelValues("invalid").Inc()
+	case refused != nil:
+		a.d.metrics.commits.WithLabelValues("limited").Inc()
+	case rejected != nil:
+		a.d.metrics.commits.WithLabelValues("invalid").Inc()
+	default:
+		a.d.metrics.commits.WithLabelValues("success").Inc()
+	}
+	return errors.Join(refused, rejected)
 }
 
 // encode writes every series once, as an encoded censuspb.TimeSeries, so
@@ -206,6 +284,7 @@ type target struct {
 	instance ring.InstanceDesc
 	series   []int // Indexes of the series it owns.
 	size     int   // Bytes of its request.
+	samples  int   // Samples in its request.
 	req      censuspb.EncodedPushRequest
 }
 
@@ -219,39 +298,54 @@ type batch struct {
 }
 
 // shard groups the series by the ingesters that own them and builds each
-// ingester's request from the encoded series.
+// ingester's request from the encoded series. The batch and its requests
+// are the appender's, reused by its next transaction.
 func (a *appender) shard() (*batch, error) {
 	r := a.d.ring
 	rf := r.ReplicationFactor()
-	a.replicas = append(a.replicas[:0], make([]int, len(a.series)*rf)...)
-	b := &batch{replicas: a.replicas, rf: rf}
-	index := map[string]int{}
-	buf := make([]ring.InstanceDesc, 0, rf)
+	b := &a.batch
+	b.rf = rf
+	b.targets = b.targets[:0]
+	b.replicas = slices.Grow(b.replicas[:0], len(a.series)*rf)[:len(a.series)*rf]
+	if a.index == nil {
+		a.index = map[string]int{}
+	}
+	clear(a.index)
 	for i := range a.series {
-		replicas, err := r.Get(Token(a.series[i].hash), buf)
+		replicas, err := r.Get(Token(a.series[i].hash), a.ringBuf)
 		if err != nil {
 			return nil, fmt.Errorf("%w: find replicas for series %s: %w", ErrNoQuorum, a.series[i].ls, err)
 		}
+		a.ringBuf = replicas
 		size := censuspb.SizePushRequestSeries(len(a.seriesBytes(i)))
 		for k := range rf {
 			if k >= len(replicas) {
 				b.replicas[i*rf+k] = -1
 				continue
 			}
-			j, ok := index[replicas[k].ID]
+			j, ok := a.index[replicas[k].ID]
 			if !ok {
 				j = len(b.targets)
-				index[replicas[k].ID] = j
-				b.targets = append(b.targets, target{instance: replicas[k]})
+				a.index[replicas[k].ID] = j
+				if j < cap(b.targets) {
+					// Reuse the series list and request buffer of an
+					// earlier transaction's target.
+					b.targets = b.targets[:j+1]
+					t := &b.targets[j]
+					t.instance, t.series, t.size, t.samples = replicas[k], t.series[:0], 0, 0
+				} else {
+					b.targets = append(b.targets, target{instance: replicas[k]})
+				}
 			}
 			b.targets[j].series = append(b.targets[j].series, i)
 			b.targets[j].size += size
+			b.targets[j].samples += a.series[i].count + len(a.series[i].histograms)
 			b.replicas[i*rf+k] = j
 		}
 	}
 	for j := range b.targets {
 		t := &b.targets[j]
-		t.req = make(censuspb.EncodedPushRequest, 0, t.size)
+		t.req = slices.Grow(t.req[:0], t.size)
 		for _, i := range t.series {
 			t.req = censuspb.AppendPushRequestSeries(t.req, a.seriesBytes(i))
 		}
@@ -261,7 +355,7 @@ func (a *appender) shard() (*batch, error) {
 
 // checkQuorum returns an error naming the failed ingesters when any series
 // was acknowledged by fewer than rf/2+1 replicas. An ingester that refused
-// part of the input (InvalidArgument, ResourceExhausted) stored the rest
+// part of the input (InvalidArgument, ResourceExhausted when full) stored the rest
 // and would refuse the same again, so its answer counts as an
 // acknowledgement.
 func (b *batch) checkQuorum(errs []error) error {
@@ -291,10 +385,49 @@ func (b *batch) checkQuorum(errs []error) error {
 	return noQuorumError(missing, quorum, failed)
 }
 
+// refusals reports what the ingesters refused of an acknowledged push: an
+// error wrapping ErrInvalidSeries if any of them refused input, else one
+// wrapping ErrLimited if any was full, naming the first refusal of each
+// kind; and about how many samples were refused: each replica of a series
+// refuses the same samples, so the ingesters' count is divided by the
+// replication factor.
+func (b *batch) refusals(errs []error) (int, error) {
+	var (
+		invalid, limited error
+		samples          int64
+	)
+	for j, err := range errs {
+		if err == nil || !acknowledged(err) {
+			continue
+		}
+		st, _ := status.FromError(err)
+		re := newRefusalError(b.targets[j].instance.ID, st)
+		samples += re.samples()
+		switch {
+		case st.Code() == codes.InvalidArgument && invalid == nil:
+			invalid = fmt.Errorf("%w: %w", ErrInvalidSeries, re)
+		case st.Code() == codes.ResourceExhausted && limited == nil:
+			limited = fmt.Errorf("%w: %w", ErrLimited, re)
+		}
+	}
+	n := int((samples + int64(b.rf) - 1) / int64(b.rf))
+	if invalid != nil {
+		return n, invalid
+	}
+	return n, limited
+}
+
+// acknowledged reports whether an ingester's answer means it stored what
+// it could of its request: success, or a refusal of part of it. gRPC's own
+// ResourceExhausted (a request over the ingester's size limit) stored
+// nothing, and carries no PushResponse.
 func acknowledged(err error) bool {
 	switch status.Code(err) {
-	case codes.OK, codes.InvalidArgument, codes.ResourceExhausted:
+	case codes.OK, codes.InvalidArgument:
 		return true
+	case codes.ResourceExhausted:
+		st, _ := status.FromError(err)
+		return newRefusalError("", st).capacity()
 	}
 	return false
 }

@@ -37,7 +37,7 @@ func BenchmarkAppender_ShardAndEncode(b *testing.B) {
 			"pod", fmt.Sprintf("api-%d", i),
 		)
 	}
-	d := &Distributor{ring: r, metrics: newMetrics(nil)}
+	d := &Distributor{ring: r, metrics: newMetrics(nil), appenders: newFreeList()}
 
 	for _, cached := range []bool{false, true} {
 		b.Run("cached_refs="+strconv.FormatBool(cached), func(b *testing.B) {

@@ -59,6 +59,12 @@ func (f *fakeIngester) Push(_ context.Context, req *censuspb.PushRequest) (*cens
 	return &censuspb.PushResponse{}, nil
 }
 
+func (f *fakeIngester) allSeries() []*censuspb.TimeSeries {
+	f.mtx.Lock()
+	defer f.mtx.Unlock()
+	return append([]*censuspb.TimeSeries(nil), f.series...)
+}
+
 func (f *fakeIngester) setErr(err error) {
 	f.mtx.Lock()
 	defer f.mtx.Unlock()
@@ -73,6 +79,12 @@ func (f *fakeIngester) values(ls labels.Labels) []float64 {
 
 // cluster starts n fake ingesters on loopback and a distributor over them.
 func cluster(t *testing.T, n, rf int) (*distributor.Distributor, []*fakeIngester, *prometheus.Registry) {
+	t.Helper()
+	return clusterWithConfig(t, n, rf, distributor.Config{PushTimeout: 5 * time.Second})
+}
+
+// clusterWithConfig is cluster with the distributor configured by cfg.
+func clusterWithConfig(t *testing.T, n, rf int, cfg distributor.Config) (*distributor.Distributor, []*fakeIngester, *prometheus.Registry) {
 	t.Helper()
 	fr := &distributor.FakeRing{RF: rf}
 	var fakes []*fakeIngester
@@ -90,7 +102,7 @@ func cluster(t *testing.T, n, rf int) (*distributor.Distributor, []*fakeIngester
 	clients := censuspb.NewClientPool()
 	t.Cleanup(func() { _ = clients.Close() })
 	reg := prometheus.NewPedanticRegistry()
-	d, err := distributor.New(distributor.Config{PushTimeout: 5 * time.Second}, fr, clients, nil, reg)
+	d, err := distributor.New(cfg, fr, clients, nil, reg)
 	require.NoError(t, err)
 	return d, fakes, reg
 }
@@ -225,32 +237,6 @@ func TestAppender_InvalidArgumentCountsAsAcknowledged(t *testing.T) {
 	require.ErrorContains(t, err, "out of order sample")
 }
 
-func TestAppender_RejectsBadInputAtAppend(t *testing.T) {
-	d, fakes, _ := cluster(t, 1, 1)
-	for _, tc := range []struct {
-		name string
-		ls   labels.Labels
-		want string
-	}{
-		{name: "no labels", ls: labels.EmptyLabels(), want: "series has no labels"},
-		{name: "invalid UTF-8 value", ls: labels.FromStrings("__name__", "x", "path", "\xff"), want: "non-UTF-8"},
-		{name: "empty label name", ls: labels.FromStrings("__name__", "x", "", "v"), want: "empty or non-UTF-8"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			app := d.AppenderV2(context.Background())
-			_, err := app.Append(0, tc.ls, 0, 1000, 1, nil, nil, storage.AOptions{})
-			require.ErrorIs(t, err, distributor.ErrInvalidSeries)
-			require.ErrorContains(t, err, tc.want)
-			// The good series of the same transaction still goes through.
-			good := labels.FromStrings("__name__", "good")
-			_, err = app.Append(0, good, 0, 1000, 1, nil, nil, storage.AOptions{})
-			require.NoError(t, err)
-			require.NoError(t, app.Commit())
-		})
-	}
-	require.Len(t, fakes[0].values(labels.FromStrings("__name__", "good")), 3)
-}
-
 func TestAppender_EmptyRingFails(t *testing.T) {
 	d, _, _ := cluster(t, 0, 3)
 	app := d.AppenderV2(context.Background())
@@ -307,4 +293,37 @@ func TestAppender_CarriesHistogramsExemplarsAndMetadata(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, exemplar.Exemplar{Labels: ex, Value: 0.7, Ts: 990, HasTs: true}, e)
 	require.Equal(t, meta, got.Metadata.ToMetadata())
+}
+
+func TestAppender_CountsSamplesPerIngester(t *testing.T) {
+	d, fakes, reg := cluster(t, 3, 3)
+	fakes[2].setErr(status.Error(codes.Unavailable, "gone"))
+	commit := func(ctx context.Context) error {
+		app := d.AppenderV2(ctx)
+		for _, ls := range testSeries(10) {
+			_, err := app.Append(0, ls, 0, 1000, 1, nil, nil, storage.AOptions{})
+			require.NoError(t, err)
+		}
+		return app.Commit()
+	}
+	require.NoError(t, commit(context.Background()))
+	// A second failure leaves the series short of their quorum; the
+	// caller sends them again, marked as a retry.
+	fakes[1].setErr(status.Error(codes.Unavailable, "gone"))
+	require.ErrorIs(t, commit(context.Background()), distributor.ErrNoQuorum)
+	fakes[1].setErr(nil)
+	require.NoError(t, commit(distributor.RetryContext(context.Background())))
+
+	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(`
+# HELP census_distributor_ingester_samples_total Samples pushed to each ingester by result: sent (acknowledged), failed (the push failed), retried (sent again after a failed commit), dropped (failed while the other replicas made the quorum, so never sent to it again).
+# TYPE census_distributor_ingester_samples_total counter
+census_distributor_ingester_samples_total{ingester="ingester-a",result="sent"} 30
+census_distributor_ingester_samples_total{ingester="ingester-a",result="retried"} 10
+census_distributor_ingester_samples_total{ingester="ingester-b",result="sent"} 20
+census_distributor_ingester_samples_total{ingester="ingester-b",result="failed"} 10
+census_distributor_ingester_samples_total{ingester="ingester-b",result="retried"} 10
+census_distributor_ingester_samples_total{ingester="ingester-c",result="failed"} 30
+census_distributor_ingester_samples_total{ingester="ingester-c",result="dropped"} 20
+census_distributor_ingester_samples_total{ingester="ingester-c",result="retried"} 10
+`), "census_distributor_ingester_samples_total"))
 }

@@ -1,6 +1,7 @@
-// Package distributor shards series over the ring and pushes them to their
-// ingesters. It implements Prometheus' storage.AppendableV2, so the scrape
-// manager (and later the remote-write receiver) write through it unchanged.
+// Package distributor validates series, shards them over the ring and
+// pushes them to their ingesters. It implements Prometheus' own
+// storage.AppendableV2, so the agent's sender and Prometheus' remote-write
+// and OTLP receivers (see Receiver) write through it unchanged.
 package distributor
 
 import (
@@ -9,7 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
-	"sync"
+	"runtime"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -28,21 +29,58 @@ type Ring interface {
 	ReplicationFactor() int
 }
 
-// Config configures the distributor.
+// Config configures the distributor. Zero limits mean no limit.
 type Config struct {
 	// PushTimeout bounds one commit: the concurrent pushes to every ingester.
 	PushTimeout time.Duration
+
+	// MaxLabelNamesPerSeries, MaxLabelNameLength and MaxLabelValueLength
+	// bound the labels of every series appended.
+	MaxLabelNamesPerSeries int
+	MaxLabelNameLength     int
+	MaxLabelValueLength    int
+	// MaxSampleAge refuses samples older than now minus it; MaxFutureSkew
+	// refuses samples newer than now plus it.
+	MaxSampleAge  time.Duration
+	MaxFutureSkew time.Duration
+}
+
+// newFreeList returns a free list for as many appenders as can run at
+// once, give or take.
+func newFreeList() chan *appender {
+	return make(chan *appender, 2*runtime.GOMAXPROCS(0))
 }
 
 // RegisterFlags registers the distributor's flags on fs.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.PushTimeout, "distributor.push-timeout", 10*time.Second, "How long one push to the ingesters may take before it counts as failed.")
+	// The label limits default to the ingester's, so a series too big is
+	// refused here, with a message to the sender, before it is sent.
+	fs.IntVar(&c.MaxLabelNamesPerSeries, "distributor.max-label-names-per-series", 64, "Most labels of a series, __name__ included; a series with more is refused. 0 means no limit.")
+	fs.IntVar(&c.MaxLabelNameLength, "distributor.max-label-name-length", 1024, "Longest label name, in bytes; a series with a longer one is refused. 0 means no limit.")
+	fs.IntVar(&c.MaxLabelValueLength, "distributor.max-label-value-length", 4096, "Longest label value, in bytes; a series with a longer one is refused. 0 means no limit.")
+	fs.DurationVar(&c.MaxSampleAge, "distributor.max-sample-age", 0, "Refuse samples older than this. 0 leaves it to the ingesters' time rules (--storage.out-of-order-window).")
+	fs.DurationVar(&c.MaxFutureSkew, "distributor.max-future-skew", 10*time.Minute, "Refuse samples stamped further than this ahead of this machine's clock. 0 means no limit. Prometheus' remote-write and OTLP receivers refuse more than 10m ahead in any case.")
 }
 
 // Validate checks the configuration.
 func (c *Config) Validate() error {
 	if c.PushTimeout <= 0 {
-		return fmt.Errorf("distributor.push-timeout must be positive, got %s", c.PushTimeout)
+		return fmt.Errorf("--distributor.push-timeout must be positive, got %s", c.PushTimeout)
+	}
+	for _, f := range []struct {
+		flag  string
+		value int64
+	}{
+		{"--distributor.max-label-names-per-series", int64(c.MaxLabelNamesPerSeries)},
+		{"--distributor.max-label-name-length", int64(c.MaxLabelNameLength)},
+		{"--distributor.max-label-value-length", int64(c.MaxLabelValueLength)},
+		{"--distributor.max-sample-age", int64(c.MaxSampleAge)},
+		{"--distributor.max-future-skew", int64(c.MaxFutureSkew)},
+	} {
+		if f.value < 0 {
+			return fmt.Errorf("%s must not be negative, got %d", f.flag, f.value)
+		}
 	}
 	return nil
 }
@@ -56,9 +94,11 @@ type Distributor struct {
 	logger  *slog.Logger
 	metrics *metrics
 
-	// appenders pools *appender, whose buffers then serve many
-	// transactions.
-	appenders sync.Pool
+	// appenders is a free list of *appender, whose buffers then serve
+	// many transactions. Unlike a sync.Pool it survives garbage
+	// collections, which a distributor decoding pushes runs often; its
+	// size bounds the memory it keeps.
+	appenders chan *appender
 }
 
 var _ storage.AppendableV2 = (*Distributor)(nil)
@@ -75,22 +115,30 @@ func New(cfg Config, r Ring, clients *censuspb.ClientPool, logger *slog.Logger, 
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Distributor{cfg: cfg, ring: r, clients: clients, logger: logger, metrics: newMetrics(reg)}, nil
+	return &Distributor{cfg: cfg, ring: r, clients: clients, logger: logger, metrics: newMetrics(reg), appenders: newFreeList()}, nil
 }
 
 // AppenderV2 returns an appender that buffers samples until Commit pushes
 // them. ctx bounds the pushes of Commit.
 func (d *Distributor) AppenderV2(ctx context.Context) storage.AppenderV2 {
-	a, ok := d.appenders.Get().(*appender)
-	if !ok {
+	var a *appender
+	select {
+	case a = <-d.appenders:
+	default:
 		a = &appender{d: d}
 	}
 	a.ctx = ctx
+	a.times = d.cfg.timeRange(time.Now())
+	a.report = reportFrom(ctx)
 	return a
 }
 
+// maxRetainedBuffer is the largest buffer a pooled appender keeps: one
+// huge transaction should not pin its memory for good.
+const maxRetainedBuffer = 8 << 20
+
 // putAppender clears a for its next transaction, dropping its references
-// to labels and samples, and returns it to the pool.
+// to labels and samples, and returns it to the free list, buffers and all.
 func (d *Distributor) putAppender(a *appender) {
 	clear(a.series)
 	a.series = a.series[:0]
@@ -99,18 +147,77 @@ func (d *Distributor) putAppender(a *appender) {
 	a.encoded = a.encoded[:0]
 	a.ends = a.ends[:0]
 	a.ctx = nil
-	d.appenders.Put(a)
+	a.report = nil
+	a.rejected = rejections{}
+	if cap(a.encoded) > maxRetainedBuffer {
+		a.encoded = nil
+	}
+	for j := range a.batch.targets[:cap(a.batch.targets)] {
+		if t := &a.batch.targets[:cap(a.batch.targets)][j]; cap(t.req) > maxRetainedBuffer {
+			t.req = nil
+		}
+	}
+	a.batch.targets = a.batch.targets[:0]
+	select {
+	case d.appenders <- a:
+	default:
+	}
 }
 
 type metrics struct {
 	receivedSamples prometheus.Counter
 	commits         *prometheus.CounterVec
 	ingesterPushes  *prometheus.HistogramVec
+	// discarded[r] counts the samples refused for reason r.
+	discarded [numReasons]prometheus.Counter
+	// ingesterSamples counts samples per ingester and result.
+	ingesterSamples *prometheus.CounterVec
+}
+
+// countIngesterSamples counts what each ingester of a pushed batch got:
+// sent (it acknowledged them), failed (its push failed), retried (they
+// were sent again, by a caller marking its context with RetryContext) and
+// dropped (its push failed but every series reached its quorum without it,
+// so nobody sends them to it again).
+func (m *metrics) countIngesterSamples(b *batch, errs []error, quorum, retry bool) {
+	for j := range b.targets {
+		t := &b.targets[j]
+		n := float64(t.samples)
+		if retry {
+			m.ingesterSamples.WithLabelValues(t.instance.ID, "retried").Add(n)
+		}
+		if acknowledged(errs[j]) {
+			m.ingesterSamples.WithLabelValues(t.instance.ID, "sent").Add(n)
+			continue
+		}
+		m.ingesterSamples.WithLabelValues(t.instance.ID, "failed").Add(n)
+		if quorum {
+			m.ingesterSamples.WithLabelValues(t.instance.ID, "dropped").Add(n)
+		}
+	}
+}
+
+type retryKey struct{}
+
+// RetryContext marks ctx as the context of a commit that sends again what
+// an earlier commit failed to store, so the samples it pushes are counted
+// as retried too.
+func RetryContext(ctx context.Context) context.Context {
+	return context.WithValue(ctx, retryKey{}, true)
+}
+
+func isRetry(ctx context.Context) bool {
+	retry, _ := ctx.Value(retryKey{}).(bool)
+	return retry
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
 	f := promauto.With(reg)
-	return &metrics{
+	discarded := registerShared(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "census_discarded_samples_total",
+		Help: "Samples a push refused, by reason: the rule or limit that refused them.",
+	}, []string{"reason"}))
+	m := &metrics{
 		receivedSamples: f.NewCounter(prometheus.CounterOpts{
 			Name: "census_distributor_received_samples_total",
 			Help: "Samples appended to the distributor, before replication.",
@@ -127,4 +234,36 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			NativeHistogramMaxBucketNumber: 100,
 		}, []string{"code"}),
 	}
+	m.ingesterSamples = f.NewCounterVec(prometheus.CounterOpts{
+		Name: "census_distributor_ingester_samples_total",
+		Help: "Samples pushed to each ingester by result: sent (acknowledged), failed (the push failed), retried (sent again after a failed commit), dropped (failed while the other replicas made the quorum, so never sent to it again).",
+	}, []string{"ingester", "result"})
+	// Every reason exists from the start, so a rate over it never misses
+	// the first discard.
+	for r := range numReasons {
+		m.discarded[r] = discarded.WithLabelValues(r.String())
+	}
+	return m
+}
+
+// registerShared registers c on reg, or returns the collector registered
+// already with the same descriptor. census_discarded_samples_total belongs
+// to the ingester too: in `census all` both register it on one registry,
+// and it must stay one metric, counting what either refused. The
+// descriptors (name, help, label names) are identical so the second
+// registration meets AlreadyRegisteredError rather than a conflict.
+func registerShared[C prometheus.Collector](reg prometheus.Registerer, c C) C {
+	if reg == nil {
+		return c
+	}
+	if err := reg.Register(c); err != nil {
+		if are, ok := errors.AsType[prometheus.AlreadyRegisteredError](err); ok {
+			if existing, ok := are.ExistingCollector.(C); ok {
+				return existing
+			}
+		}
+		// Same as promauto: a conflicting metric is a programming error.
+		panic(err)
+	}
+	return c
 }

@@ -1,10 +1,17 @@
 package distributor
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"sort"
 	"strings"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	censuspb "github.com/census-metrics/census/proto"
 )
 
 // ErrNoQuorum is wrapped by commit errors where some series reached fewer
@@ -36,4 +43,162 @@ func noQuorumError(seriesWithoutQuorum, quorum int, failed map[string]error) err
 		fmt.Fprintf(&sb, "%s: %v", id, failed[id])
 	}
 	return fmt.Errorf("%w: %d series stored on fewer than %d replicas; failed ingesters: %s", ErrNoQuorum, seriesWithoutQuorum, quorum, sb.String())
+}
+
+// rejections counts what a transaction refused at Append, per reason,
+// keeping the first error of each reason.
+type rejections struct {
+	samples            [numReasons]int
+	first              [numReasons]error
+	floats, histograms int
+	exemplars          int // Exemplars dropped with their samples.
+}
+
+func (r *rejections) add(rs reason, err error, isHistogram bool, exemplars int) {
+	r.samples[rs]++
+	if r.first[rs] == nil {
+		r.first[rs] = err
+	}
+	if isHistogram {
+		r.histograms++
+	} else {
+		r.floats++
+	}
+	r.exemplars += exemplars
+}
+
+// err returns nil when nothing was refused, else a *RejectedError.
+func (r *rejections) err() error {
+	if r.floats+r.histograms == 0 {
+		return nil
+	}
+	return &RejectedError{samples: r.samples, first: r.first}
+}
+
+// RejectedError reports the samples a transaction refused because they
+// broke a validation rule, per reason, with the first error of each. It
+// wraps ErrInvalidSeries: sending them again cannot help.
+type RejectedError struct {
+	samples [numReasons]int
+	first   [numReasons]error
+}
+
+// Samples returns how many samples were refused.
+func (e *RejectedError) Samples() int {
+	n := 0
+	for _, s := range e.samples {
+		n += s
+	}
+	return n
+}
+
+func (e *RejectedError) Error() string {
+	var parts []string
+	for r := range numReasons {
+		if e.samples[r] > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s, first: %v", e.samples[r], r, e.first[r]))
+		}
+	}
+	return fmt.Sprintf("%v: refused %d samples: %s", ErrInvalidSeries, e.Samples(), strings.Join(parts, "; "))
+}
+
+// Unwrap returns ErrInvalidSeries and the first error of each reason.
+func (e *RejectedError) Unwrap() []error {
+	errs := []error{ErrInvalidSeries}
+	for _, err := range e.first {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errs
+}
+
+// refusalError is an ingester's refusal of part of a push: InvalidArgument
+// for input it will never store, ResourceExhausted when it is full. Its
+// status details carry a censuspb.PushResponse, one Rejection per reason.
+type refusalError struct {
+	ingester   string
+	status     *status.Status
+	rejections []*censuspb.Rejection
+}
+
+func newRefusalError(ingester string, st *status.Status) *refusalError {
+	e := &refusalError{ingester: ingester, status: st}
+	for _, d := range st.Details() {
+		if resp, ok := d.(*censuspb.PushResponse); ok {
+			e.rejections = append(e.rejections, resp.Rejections...)
+		}
+	}
+	return e
+}
+
+func (e *refusalError) samples() int64 {
+	var n int64
+	for _, r := range e.rejections {
+		n += r.Samples
+	}
+	return n
+}
+
+func (e *refusalError) Error() string {
+	if len(e.rejections) == 0 {
+		return fmt.Sprintf("ingester %s refused the push: %s", e.ingester, e.status.Message())
+	}
+	parts := make([]string, 0, len(e.rejections))
+	for _, r := range e.rejections {
+		parts = append(parts, fmt.Sprintf("%d %s, first: %s", r.Samples, r.Reason, r.FirstError))
+	}
+	return fmt.Sprintf("ingester %s refused %d samples: %s", e.ingester, e.samples(), strings.Join(parts, "; "))
+}
+
+// GRPCStatus lets status.FromError and status.Code see the ingester's
+// status through the wrapping.
+func (e *refusalError) GRPCStatus() *status.Status { return e.status }
+
+// capacity reports whether the ingester refused samples only for lack of
+// room: its ResourceExhausted with a PushResponse. A ResourceExhausted
+// without one is gRPC's own, such as a request over the ingester's size
+// limit, which sending again cannot fix.
+func (e *refusalError) capacity() bool {
+	return e.status.Code() == codes.ResourceExhausted && len(e.rejections) > 0
+}
+
+// httpStatus is the one place where push errors meet HTTP status codes, as
+// the remote-write specification wants them: 2xx stored, 4xx never to be
+// retried (the data is wrong), 429 and 5xx to be retried. A sample short
+// of its quorum is retryable, and wins over refusals in the same push: the
+// sender must send again, and the refused samples are refused again.
+func httpStatus(err error) int {
+	if err == nil {
+		return http.StatusOK
+	}
+	var re *refusalError
+	switch {
+	case errors.Is(err, ErrNoQuorum),
+		errors.Is(err, context.DeadlineExceeded),
+		errors.Is(err, context.Canceled):
+		return http.StatusServiceUnavailable
+	case errors.As(err, &re) && re.status.Code() == codes.ResourceExhausted && !re.capacity():
+		return http.StatusInternalServerError
+	case errors.Is(err, ErrLimited):
+		return http.StatusTooManyRequests
+	case errors.Is(err, ErrInvalidSeries):
+		return http.StatusBadRequest
+	}
+	switch status.Code(err) {
+	case codes.InvalidArgument:
+		return http.StatusBadRequest
+	case codes.ResourceExhausted:
+		return http.StatusTooManyRequests
+	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled:
+		return http.StatusServiceUnavailable
+	}
+	return http.StatusInternalServerError
+}
+
+// retryable reports whether a sender should send a push again after err:
+// 429 and 5xx.
+func retryable(err error) bool {
+	code := httpStatus(err)
+	return code == http.StatusTooManyRequests || code >= 500
 }

@@ -1,5 +1,6 @@
-// Command census runs Census: each role (agent, ingester, querier) as its
-// own process, or every role in one process with `census all`.
+// Command census runs Census: each role (agent, distributor, ingester,
+// querier) as its own process, or every role in one process with
+// `census all`.
 package main
 
 import (
@@ -39,10 +40,11 @@ const usage = `Census is a horizontally sharded, Prometheus-compatible metrics s
 Usage: census <role> [flags]
 
 Roles:
-  agent      scrape targets and push each series to its ingesters
-  ingester   store series in a Prometheus TSDB, serve them over gRPC
-  querier    serve the Prometheus HTTP API over every ingester
-  all        every role in one process, scraping itself and a demo service
+  agent        scrape targets and push each series to its ingesters
+  distributor  take Prometheus remote write and OTLP pushes to the ingesters
+  ingester     store series in a Prometheus TSDB, serve them over gRPC
+  querier      serve the Prometheus HTTP API over every ingester
+  all          every role in one process, scraping itself and a demo service
 
 Run 'census <role> -h' for the role's flags.
 `
@@ -76,14 +78,15 @@ func runMain(args []string, stderr io.Writer) int {
 
 // role says which components a subcommand runs.
 type role struct {
-	ingester, agent, querier bool
+	ingester, agent, distributor, querier bool
 }
 
 var roles = map[string]role{
-	"agent":    {agent: true},
-	"ingester": {ingester: true},
-	"querier":  {querier: true},
-	"all":      {ingester: true, agent: true, querier: true},
+	"agent":       {agent: true},
+	"distributor": {distributor: true},
+	"ingester":    {ingester: true},
+	"querier":     {querier: true},
+	"all":         {ingester: true, agent: true, distributor: true, querier: true},
 }
 
 // options is every flag of every role; a role registers only its own, so
@@ -104,7 +107,7 @@ type options struct {
 func parseFlags(name string, args []string, stderr io.Writer) (*options, error) {
 	r, ok := roles[name]
 	if !ok {
-		return nil, fmt.Errorf("unknown role %q; want one of agent, ingester, querier, all", name)
+		return nil, fmt.Errorf("unknown role %q; want one of agent, distributor, ingester, querier, all", name)
 	}
 	o := &options{name: name, role: r}
 	fs := flag.NewFlagSet("census "+name, flag.ContinueOnError)
@@ -123,6 +126,10 @@ func parseFlags(name string, args []string, stderr io.Writer) (*options, error) 
 	}
 	if r.agent {
 		o.agent.RegisterFlags(fs)
+	}
+	if r.agent || r.distributor {
+		// The agent sends through the distributor's code: both take its
+		// validation and push flags.
 		o.distributor.RegisterFlags(fs)
 	}
 	if r.querier {
@@ -163,9 +170,18 @@ func parseFlags(name string, args []string, stderr io.Writer) (*options, error) 
 		}
 	}
 	if r.agent {
-		if name == "agent" && o.agent.ConfigFile == "" {
-			return nil, errors.New("the agent needs --config.file")
+		if name == "agent" && o.agent.ConfigFile == "" && !o.agent.Kubernetes() {
+			return nil, errors.New("the agent needs --config.file, unless it runs in a Kubernetes cluster (or has --agent.kubeconfig)")
 		}
+		if name == "all" && o.agent.WALPath == "" {
+			// Beside the ingester's data, so `make run` keeps it.
+			o.agent.WALPath = filepath.Join(o.ingester.StoragePath, "agent-wal")
+		}
+		if err := o.agent.Validate(); err != nil {
+			return nil, err
+		}
+	}
+	if r.agent || r.distributor {
 		if err := o.distributor.Validate(); err != nil {
 			return nil, err
 		}
@@ -285,18 +301,29 @@ func start(o *options, logger *slog.Logger) error {
 	clients := censuspb.NewClientPool()
 	defer clients.Close()
 
-	// Agent: scrapes (itself and the demo service, for `census all`) and
-	// appends through the distributor.
-	if o.role.agent {
-		dist, err := distributor.New(o.distributor, r, clients, logger.With("component", "distributor"), reg)
+	// Distributor: validates, shards and pushes; the agent's scrapes and
+	// the pushes of other systems all go through it.
+	var dist *distributor.Distributor
+	if o.role.agent || o.role.distributor {
+		dist, err = distributor.New(o.distributor, r, clients, logger.With("component", "distributor"), reg)
 		if err != nil {
 			return err
 		}
+	}
+	if o.role.distributor {
+		// Prometheus remote write at /api/v1/push, OTLP at
+		// /otlp/v1/metrics.
+		distributor.NewReceiver(dist, logger.With("component", "distributor"), reg).Register(mux)
+	}
+
+	// Agent: scrapes (itself and the demo service, for `census all`) and
+	// appends through the distributor.
+	if o.role.agent {
 		scrapeCfg, err := loadScrapeConfig(o, httpLn.Addr(), &g, logger)
 		if err != nil {
 			return err
 		}
-		a, err := agent.New(scrapeCfg, dist, logger.With("component", "agent"), reg)
+		a, err := agent.New(o.agent, scrapeCfg, dist, logger.With("component", "agent"), reg)
 		if err != nil {
 			return err
 		}
@@ -431,12 +458,16 @@ func addInOrder(g *run.Group, fn func(ctx context.Context) error) {
 	})
 }
 
-// loadScrapeConfig reads --config.file or, for `census all` without one,
-// builds the demo configuration: Census scrapes itself and the demo
-// service, which it adds to g.
+// loadScrapeConfig reads --config.file. Without one, an agent in
+// Kubernetes scrapes the annotated pods and services of its node, and
+// `census all` scrapes itself and the demo service, which it adds to g.
 func loadScrapeConfig(o *options, self net.Addr, g *run.Group, logger *slog.Logger) (*config.Config, error) {
 	if o.agent.ConfigFile != "" {
 		return agent.LoadScrapeConfig(o.agent.ConfigFile, logger)
+	}
+	if o.name == "agent" {
+		logger.Info("No --config.file: scraping the pods and services annotated prometheus.io/scrape", "node", o.agent.NodeName)
+		return agent.ParseScrapeConfig(agent.DefaultKubernetesConfig(o.agent.Kubeconfig, o.agent.NodeName, o.agent.ScrapeInterval), logger)
 	}
 	demoLn, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -1,0 +1,169 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// rawSamples returns the timestamps (ms) and values of every sample of
+// each e2e_value series in (end-window, end], by series label, as a range
+// selector answers them: each stored sample exactly once.
+func rawSamples(t *testing.T, q *process, window time.Duration, end int64) map[string][][2]string {
+	t.Helper()
+	code, resp, err := q.apiGet("/api/v1/query", url.Values{
+		"query": {fmt.Sprintf("e2e_value[%ds]", int(window.Seconds()))},
+		"time":  {fmt.Sprintf("%.3f", float64(end)/1000)},
+	})
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, code, "%+v", resp)
+	var d queryData
+	require.NoError(t, json.Unmarshal(resp.Data, &d))
+	require.Equal(t, "matrix", d.ResultType)
+	var mat []matrixSeries
+	require.NoError(t, json.Unmarshal(d.Result, &mat))
+	out := map[string][][2]string{}
+	for _, s := range mat {
+		for _, pt := range s.Values {
+			ts := int64(pt[0].(float64) * 1000)
+			out[s.Metric["series"]] = append(out[s.Metric["series"]], [2]string{strconv.FormatInt(ts, 10), pt[1].(string)})
+		}
+	}
+	return out
+}
+
+// TestCluster_AgentLosesNothingWhileEveryIngesterIsDown stops every
+// ingester for 60 seconds while the agent scrapes every second, starts
+// them again, and checks that every scrape of that minute is queryable,
+// with no gap and no duplicate.
+func TestCluster_AgentLosesNothingWhileEveryIngesterIsDown(t *testing.T) {
+	if testing.Short() {
+		t.Skip("multi-process test")
+	}
+	const outage = 60 * time.Second
+	target := &servedTarget{served: map[int64]map[string]float64{}}
+	targetSrv := httptest.NewServer(target)
+	t.Cleanup(targetSrv.Close)
+	targetURL, err := url.Parse(targetSrv.URL)
+	require.NoError(t, err)
+
+	common := []string{
+		"--http.listen-address=127.0.0.1:0",
+		"--memberlist.bind-address=127.0.0.1:0",
+		"--ring.heartbeat-period=200ms",
+		"--ring.heartbeat-timeout=5s",
+		"--ring.replication-factor=2",
+	}
+	cfgFile := filepath.Join(t.TempDir(), "scrape.yml")
+	require.NoError(t, os.WriteFile(cfgFile, fmt.Appendf(nil, `
+global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+scrape_configs:
+  - job_name: e2e
+    static_configs:
+      - targets: [%q]
+`, targetURL.Host), 0o644))
+	ag := startProcess(t, "agent", append(append([]string{"agent"}, common...),
+		"--instance.id=agent", "--config.file="+cfgFile, "--agent.wal-path="+t.TempDir())...)
+	q := startProcess(t, "querier", append(append([]string{"querier"}, common...),
+		"--instance.id=querier", "--memberlist.join="+ag.gossip)...)
+
+	dataDirs := []string{t.TempDir(), t.TempDir()}
+	startIngesters := func() []*process {
+		ings := make([]*process, len(dataDirs))
+		for i, dir := range dataDirs {
+			ings[i] = startProcess(t, fmt.Sprintf("ingester-%d", i), append(append([]string{"ingester"}, common...),
+				"--instance.id=ingester-"+strconv.Itoa(i), "--grpc.listen-address=127.0.0.1:0",
+				"--storage.path="+dir, "--memberlist.join="+ag.gossip)...)
+		}
+		for _, p := range ings {
+			p.waitReady(30 * time.Second)
+		}
+		return ings
+	}
+	ingesters := startIngesters()
+	ag.waitReady(30 * time.Second)
+	q.waitReady(30 * time.Second)
+
+	require.Eventually(t, func() bool {
+		got, _, err := queryInstant(q, "e2e_value", "series", time.Now().UnixMilli())
+		return err == nil && len(got) == e2eSeries
+	}, 30*time.Second, 200*time.Millisecond, "the agent's scrapes are queryable")
+	first := target.timestamps()[0]
+
+	// Every ingester stops; the agent keeps scraping for a minute.
+	for _, p := range ingesters {
+		require.NoError(t, p.stop(30*time.Second))
+	}
+	downAt := time.Now()
+	require.Eventually(t, func() bool { return time.Since(downAt) >= outage }, outage+10*time.Second, time.Second)
+	require.Contains(t, fetch(t, "http://"+ag.http+"/metrics"), "census_agent_oldest_unsent_sample_age_seconds")
+	age := metricValue(t, fetch(t, "http://"+ag.http+"/metrics"), "census_agent_oldest_unsent_sample_age_seconds")
+	require.Greater(t, age, 30.0, "the agent holds the samples of the outage")
+
+	ingesters = startIngesters()
+	upAt := time.Now().UnixMilli()
+	// Everything served up to the restart is stored, oldest first.
+	require.Eventually(t, func() bool {
+		got := rawSamples(t, q, 5*time.Minute, upAt)
+		return len(got["0"]) > 0 && got["0"][len(got["0"])-1][0] == strconv.FormatInt(lastServedBefore(target, upAt), 10)
+	}, 60*time.Second, 500*time.Millisecond, "the backlog reaches the ingesters")
+
+	// Every scrape from the first to the restart, each exactly once.
+	got := rawSamples(t, q, 5*time.Minute, upAt)
+	var served []int64
+	for _, ts := range target.timestamps() {
+		if ts >= first && ts <= upAt {
+			served = append(served, ts)
+		}
+	}
+	require.Greater(t, len(served), int(outage/time.Second), "the target was scraped through the outage")
+	for i := range e2eSeries {
+		var want [][2]string
+		for _, ts := range served {
+			want = append(want, [2]string{strconv.FormatInt(ts, 10), strconv.FormatFloat(valueAt(i, ts), 'g', -1, 64)})
+		}
+		require.Equal(t, want, got[strconv.Itoa(i)], "series %d", i)
+	}
+	require.Equal(t, 0.0, metricValue(t, fetch(t, "http://"+ag.http+"/metrics"), "census_agent_samples_dropped_total"))
+
+	for _, p := range append(ingesters, ag, q) {
+		require.NoError(t, p.stop(30*time.Second))
+	}
+}
+
+// lastServedBefore returns the newest timestamp the target served at or
+// before ts.
+func lastServedBefore(target *servedTarget, ts int64) int64 {
+	var last int64
+	for _, s := range target.timestamps() {
+		if s <= ts {
+			last = s
+		}
+	}
+	return last
+}
+
+// metricValue reads an unlabelled sample of name from an exposition.
+func metricValue(t *testing.T, exposition, name string) float64 {
+	t.Helper()
+	for _, line := range strings.Split(exposition, "\n") {
+		var v float64
+		if n, _ := fmt.Sscanf(line, name+" %g", &v); n == 1 {
+			return v
+		}
+	}
+	t.Fatalf("no sample of %s in:\n%s", name, exposition)
+	return 0
+}

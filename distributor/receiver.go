@@ -1,0 +1,226 @@
+package distributor
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	remoteapi "github.com/prometheus/client_golang/exp/api/remote"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/prometheus/config"
+	"github.com/prometheus/prometheus/storage/remote"
+	"go.opentelemetry.io/collector/pdata/pmetric/pmetricotlp"
+)
+
+// Paths the Receiver serves.
+const (
+	RemoteWritePath = "/api/v1/push"
+	OTLPMetricsPath = "/otlp/v1/metrics"
+)
+
+// Receiver takes pushes from other systems into a distributor: Prometheus
+// remote write 1.0 and 2.0 (a Prometheus' remote_write, Grafana Alloy) at
+// RemoteWritePath and OTLP metrics over HTTP (an OpenTelemetry collector)
+// at OTLPMetricsPath. Prometheus' own handlers decode them and append
+// through the distributor, so every protocol is sharded by the same code
+// as the agent's scrapes; the Receiver only sets the response as the
+// protocols' specifications want it (see httpStatus).
+type Receiver struct {
+	remoteWrite http.Handler
+	otlp        http.Handler
+}
+
+// NewReceiver returns a Receiver appending into d. Prometheus' handlers
+// register their prometheus_api_* metrics on reg.
+func NewReceiver(d *Distributor, logger *slog.Logger, reg prometheus.Registerer) *Receiver {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	rw := remote.NewWriteHandler(logger, reg, d,
+		remoteapi.MessageTypes{remoteapi.WriteV1MessageType, remoteapi.WriteV2MessageType},
+		false, // Keep series as sent: no __type__ and __unit__ labels.
+		true,  // Pass remote write 2.0's metadata on with the samples.
+	)
+	otlpCfg := config.DefaultConfig
+	otlp := remote.NewOTLPWriteHandler(logger, reg, d, func() config.Config { return otlpCfg }, remote.OTLPOptions{
+		// target_info is written at this interval: PromQL's lookback.
+		LookbackDelta: 5 * time.Minute,
+	})
+	return &Receiver{
+		remoteWrite: &pushHandler{next: rw, logger: logger},
+		otlp:        &pushHandler{next: otlp, logger: logger, otlp: true},
+	}
+}
+
+// Register mounts the receiver's handlers on mux.
+func (r *Receiver) Register(mux *http.ServeMux) {
+	mux.Handle(RemoteWritePath, r.remoteWrite)
+	mux.Handle(OTLPMetricsPath, r.otlp)
+}
+
+// pushReport is how the appender of one HTTP push tells the handler around
+// Prometheus' one what happened, through the request's context: Prometheus'
+// handlers answer 500 to any Commit error, and cannot tell a refusal (never
+// to be retried) from a missing quorum (to be retried).
+type pushReport struct {
+	// labelsChecked says Prometheus' handler checked every label set
+	// before appending it: remote write does, OTLP's translator does not.
+	labelsChecked bool
+
+	committed bool
+	err       error // What Commit returned.
+	// What Commit sent, what Append refused (rejected) and what the
+	// ingesters refused of what was sent (refused).
+	floats, histograms, exemplars                                   int
+	rejected, rejectedFloats, rejectedHistograms, rejectedExemplars int
+	refused                                                         int
+}
+
+func atoiHeader(h http.Header, key string) int {
+	n, _ := strconv.Atoi(h.Get(key))
+	return n
+}
+
+func (r *pushReport) commit(err error) {
+	r.committed = true
+	r.err = err
+}
+
+type reportKey struct{}
+
+func reportFrom(ctx context.Context) *pushReport {
+	r, _ := ctx.Value(reportKey{}).(*pushReport)
+	return r
+}
+
+// Response headers of remote write 2.0 telling what was written.
+const (
+	writtenSamplesHeader    = "X-Prometheus-Remote-Write-Samples-Written"
+	writtenHistogramsHeader = "X-Prometheus-Remote-Write-Histograms-Written"
+	writtenExemplarsHeader  = "X-Prometheus-Remote-Write-Exemplars-Written"
+)
+
+// pushHandler runs one of Prometheus' push handlers with a pushReport in
+// the request's context and keeps its response unless the report says
+// otherwise.
+type pushHandler struct {
+	next   http.Handler
+	logger *slog.Logger
+	otlp   bool
+}
+
+func (h *pushHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	rep := &pushReport{labelsChecked: !h.otlp}
+	buf := &responseBuffer{header: http.Header{}}
+	h.next.ServeHTTP(buf, r.WithContext(context.WithValue(r.Context(), reportKey{}, rep)))
+	if !rep.committed || rep.err == nil {
+		// Stored, or refused by Prometheus' handler before it reached
+		// the distributor (undecodable, or a series remote write 2.0
+		// refuses itself): its answer is right.
+		buf.copyTo(w)
+		return
+	}
+
+	code := httpStatus(rep.err)
+	msg := rep.err.Error()
+	if code == http.StatusBadRequest && buf.code() == http.StatusBadRequest {
+		// Remote write 2.0 refused series of its own as well.
+		msg = strings.TrimSpace(buf.body.String()) + "\n" + msg
+	}
+	if code >= 500 || code == http.StatusTooManyRequests {
+		h.logger.Warn("Push not stored; the sender should retry", "code", code, "err", rep.err)
+	} else {
+		h.logger.Debug("Push partly refused", "code", code, "err", rep.err)
+	}
+	hdr := w.Header()
+	for k, v := range buf.header {
+		if k != "Content-Type" && k != "Content-Length" && k != "X-Content-Type-Options" {
+			hdr[k] = v
+		}
+	}
+	if hdr.Get(writtenSamplesHeader) != "" && code == http.StatusBadRequest {
+		// Remote write 2.0: Prometheus' handler counted as written what
+		// the distributor took at Append; take off what it refused then
+		// and what the ingesters refused later.
+		samples := atoiHeader(hdr, writtenSamplesHeader) - rep.rejectedFloats - rep.refused
+		histograms := atoiHeader(hdr, writtenHistogramsHeader) - rep.rejectedHistograms
+		if samples < 0 {
+			histograms += samples
+			samples = 0
+		}
+		hdr.Set(writtenSamplesHeader, strconv.Itoa(samples))
+		hdr.Set(writtenHistogramsHeader, strconv.Itoa(max(histograms, 0)))
+		hdr.Set(writtenExemplarsHeader, strconv.Itoa(max(atoiHeader(hdr, writtenExemplarsHeader)-rep.rejectedExemplars, 0)))
+	}
+	if h.otlp && code == http.StatusBadRequest && rep.floats+rep.histograms > rep.refused {
+		// OTLP's answer to a partly stored request is 200 with
+		// partial_success, in the request's encoding.
+		h.writeOTLPPartialSuccess(w, r, int64(rep.rejected+rep.refused), msg)
+		return
+	}
+	http.Error(w, msg, code)
+}
+
+func (h *pushHandler) writeOTLPPartialSuccess(w http.ResponseWriter, r *http.Request, rejected int64, msg string) {
+	resp := pmetricotlp.NewExportResponse()
+	resp.PartialSuccess().SetRejectedDataPoints(rejected)
+	resp.PartialSuccess().SetErrorMessage(msg)
+	var (
+		body []byte
+		err  error
+	)
+	contentType := r.Header.Get("Content-Type")
+	if strings.HasPrefix(contentType, "application/json") {
+		body, err = resp.MarshalJSON()
+	} else {
+		contentType = "application/x-protobuf"
+		body, err = resp.MarshalProto()
+	}
+	if err != nil {
+		http.Error(w, msg, http.StatusBadRequest)
+		return
+	}
+	w.Header().Set("Content-Type", contentType)
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(body)
+}
+
+// responseBuffer holds a handler's response until pushHandler decides
+// whether to send it.
+type responseBuffer struct {
+	header http.Header
+	status int
+	body   bytes.Buffer
+}
+
+func (b *responseBuffer) Header() http.Header { return b.header }
+
+func (b *responseBuffer) WriteHeader(code int) {
+	if b.status == 0 {
+		b.status = code
+	}
+}
+
+func (b *responseBuffer) Write(p []byte) (int, error) {
+	b.WriteHeader(http.StatusOK)
+	return b.body.Write(p)
+}
+
+func (b *responseBuffer) code() int {
+	if b.status == 0 {
+		return http.StatusOK
+	}
+	return b.status
+}
+
+func (b *responseBuffer) copyTo(w http.ResponseWriter) {
+	for k, v := range b.header {
+		w.Header()[k] = v
+	}
+	w.WriteHeader(b.code())
+	_, _ = w.Write(b.body.Bytes())
+}
