@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -51,11 +50,7 @@ func TestCluster_AgentLosesNothingWhileEveryIngesterIsDown(t *testing.T) {
 		t.Skip("multi-process test")
 	}
 	const outage = 60 * time.Second
-	target := &servedTarget{served: map[int64]map[string]float64{}}
-	targetSrv := httptest.NewServer(target)
-	t.Cleanup(targetSrv.Close)
-	targetURL, err := url.Parse(targetSrv.URL)
-	require.NoError(t, err)
+	target, targetURL := startServedTarget(t)
 
 	common := []string{
 		"--http.listen-address=127.0.0.1:0",

@@ -55,6 +55,18 @@ func (s *servedTarget) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
 	_, _ = w.Write([]byte(sb.String()))
 }
 
+// startServedTarget serves a new servedTarget on loopback until the test
+// ends.
+func startServedTarget(t *testing.T) (*servedTarget, *url.URL) {
+	t.Helper()
+	target := &servedTarget{served: map[int64]map[string]float64{}}
+	srv := httptest.NewServer(target)
+	t.Cleanup(srv.Close)
+	u, err := url.Parse(srv.URL)
+	require.NoError(t, err)
+	return target, u
+}
+
 // timestamps returns the served timestamps in order.
 func (s *servedTarget) timestamps() []int64 {
 	s.mtx.Lock()
@@ -185,11 +197,7 @@ func TestCluster_ScrapeToQuery(t *testing.T) {
 	if testing.Short() {
 		t.Skip("multi-process test")
 	}
-	target := &servedTarget{served: map[int64]map[string]float64{}}
-	targetSrv := httptest.NewServer(target)
-	t.Cleanup(targetSrv.Close)
-	targetURL, err := url.Parse(targetSrv.URL)
-	require.NoError(t, err)
+	target, targetURL := startServedTarget(t)
 
 	common := []string{
 		"--http.listen-address=127.0.0.1:0",
