@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -59,16 +57,7 @@ func TestCluster_AgentLosesNothingWhileEveryIngesterIsDown(t *testing.T) {
 		"--ring.heartbeat-timeout=5s",
 		"--ring.replication-factor=2",
 	}
-	cfgFile := filepath.Join(t.TempDir(), "scrape.yml")
-	require.NoError(t, os.WriteFile(cfgFile, fmt.Appendf(nil, `
-global:
-  scrape_interval: 1s
-  scrape_timeout: 1s
-scrape_configs:
-  - job_name: e2e
-    static_configs:
-      - targets: [%q]
-`, targetURL.Host), 0o644))
+	cfgFile := writeScrapeConfig(t, targetURL.Host)
 	ag := startProcess(t, "agent", append(append([]string{"agent"}, common...),
 		"--instance.id=agent", "--config.file="+cfgFile, "--agent.wal-path="+t.TempDir())...)
 	q := startProcess(t, "querier", append(append([]string{"querier"}, common...),

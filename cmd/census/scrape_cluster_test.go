@@ -67,6 +67,23 @@ func startServedTarget(t *testing.T) (*servedTarget, *url.URL) {
 	return target, u
 }
 
+// writeScrapeConfig writes an agent configuration that scrapes target
+// every second as job e2e, and returns its path.
+func writeScrapeConfig(t *testing.T, target string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "scrape.yml")
+	require.NoError(t, os.WriteFile(path, fmt.Appendf(nil, `
+global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+scrape_configs:
+  - job_name: e2e
+    static_configs:
+      - targets: [%q]
+`, target), 0o644))
+	return path
+}
+
 // timestamps returns the served timestamps in order.
 func (s *servedTarget) timestamps() []int64 {
 	s.mtx.Lock()
@@ -220,16 +237,7 @@ func TestCluster_ScrapeToQuery(t *testing.T) {
 		ingesters[i] = startProcess(t, fmt.Sprintf("ingester-%d", i), args...)
 	}
 
-	cfgFile := filepath.Join(t.TempDir(), "scrape.yml")
-	require.NoError(t, os.WriteFile(cfgFile, fmt.Appendf(nil, `
-global:
-  scrape_interval: 1s
-  scrape_timeout: 1s
-scrape_configs:
-  - job_name: e2e
-    static_configs:
-      - targets: [%q]
-`, targetURL.Host), 0o644))
+	cfgFile := writeScrapeConfig(t, targetURL.Host)
 	ag := startProcess(t, "agent", append(append([]string{"agent"}, common...),
 		"--instance.id=agent", "--config.file="+cfgFile, "--ring.replication-factor=3",
 		"--memberlist.join="+ingesters[1].gossip)...)
