@@ -1031,10 +1031,18 @@ func (x *LabelMatcher) GetValue() string {
 
 // QueryStreamRequest selects series and the time range of their chunks.
 type QueryStreamRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	StartMs       int64                  `protobuf:"varint,1,opt,name=start_ms,json=startMs,proto3" json:"start_ms,omitempty"`
-	EndMs         int64                  `protobuf:"varint,2,opt,name=end_ms,json=endMs,proto3" json:"end_ms,omitempty"`
-	Matchers      []*LabelMatcher        `protobuf:"bytes,3,rep,name=matchers,proto3" json:"matchers,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	StartMs  int64                  `protobuf:"varint,1,opt,name=start_ms,json=startMs,proto3" json:"start_ms,omitempty"`
+	EndMs    int64                  `protobuf:"varint,2,opt,name=end_ms,json=endMs,proto3" json:"end_ms,omitempty"`
+	Matchers []*LabelMatcher        `protobuf:"bytes,3,rep,name=matchers,proto3" json:"matchers,omitempty"`
+	// max_series is the querier's per-query series limit, handed to each
+	// ingester: the ingester stops with ResourceExhausted once it would send
+	// more series than this. 0 means no limit.
+	MaxSeries int64 `protobuf:"varint,4,opt,name=max_series,json=maxSeries,proto3" json:"max_series,omitempty"`
+	// max_chunks is the querier's per-query chunk limit, handed to each
+	// ingester: the ingester stops with ResourceExhausted once it would send
+	// more chunks than this. 0 means no limit.
+	MaxChunks     int64 `protobuf:"varint,5,opt,name=max_chunks,json=maxChunks,proto3" json:"max_chunks,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1088,6 +1096,20 @@ func (x *QueryStreamRequest) GetMatchers() []*LabelMatcher {
 		return x.Matchers
 	}
 	return nil
+}
+
+func (x *QueryStreamRequest) GetMaxSeries() int64 {
+	if x != nil {
+		return x.MaxSeries
+	}
+	return 0
+}
+
+func (x *QueryStreamRequest) GetMaxChunks() int64 {
+	if x != nil {
+		return x.MaxChunks
+	}
+	return 0
 }
 
 // Chunk is one TSDB chunk, its bytes exactly as the TSDB encodes them.
@@ -2317,11 +2339,15 @@ const file_census_proto_rawDesc = "" +
 	"\x02EQ\x10\x00\x12\a\n" +
 	"\x03NEQ\x10\x01\x12\x06\n" +
 	"\x02RE\x10\x02\x12\a\n" +
-	"\x03NRE\x10\x03\"{\n" +
+	"\x03NRE\x10\x03\"\xb9\x01\n" +
 	"\x12QueryStreamRequest\x12\x19\n" +
 	"\bstart_ms\x18\x01 \x01(\x03R\astartMs\x12\x15\n" +
 	"\x06end_ms\x18\x02 \x01(\x03R\x05endMs\x123\n" +
-	"\bmatchers\x18\x03 \x03(\v2\x17.census.v1.LabelMatcherR\bmatchers\"\x89\x02\n" +
+	"\bmatchers\x18\x03 \x03(\v2\x17.census.v1.LabelMatcherR\bmatchers\x12\x1d\n" +
+	"\n" +
+	"max_series\x18\x04 \x01(\x03R\tmaxSeries\x12\x1d\n" +
+	"\n" +
+	"max_chunks\x18\x05 \x01(\x03R\tmaxChunks\"\x89\x02\n" +
 	"\x05Chunk\x12\x1e\n" +
 	"\vmin_time_ms\x18\x01 \x01(\x03R\tminTimeMs\x12\x1e\n" +
 	"\vmax_time_ms\x18\x02 \x01(\x03R\tmaxTimeMs\x125\n" +
