@@ -73,13 +73,17 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.ConfigFile, "config.file", "", "Scrape configuration in Prometheus' format (global and scrape_configs sections).")
 	fs.StringVar(&c.WALPath, "agent.wal-path", "", "Directory of the agent's write-ahead log of scraped samples not yet sent; keep it across restarts (a hostPath in a DaemonSet). Empty means a temporary directory removed at exit.")
 	fs.DurationVar(&c.WALRetention, "agent.wal-retention", 2*time.Hour, "How long the agent keeps scraped samples the ingesters have not taken; an outage of every ingester up to this long loses nothing.")
-	fs.StringVar(&c.NodeName, "agent.node-name", os.Getenv("NODE_NAME"), "Scrape only the targets on this Kubernetes node, so one agent per node covers each target once; targets without a node are spread over the nodes. Empty scrapes every target. Defaults to $NODE_NAME.")
+	fs.StringVar(&c.NodeName, "agent.node-name", "", "Scrape only the targets on this Kubernetes node, so one agent per node covers each target once; targets without a node are spread over the nodes. Empty scrapes every target. Defaults to $NODE_NAME.")
 	fs.StringVar(&c.Kubeconfig, "agent.kubeconfig", "", "Kubeconfig file for the Kubernetes API server, for an agent outside the cluster; in a pod the service account is used.")
 	fs.DurationVar(&c.ScrapeInterval, "agent.scrape-interval", 30*time.Second, "Scrape interval of the built-in Kubernetes configuration, used without --config.file.")
 }
 
-// Validate checks the configuration.
+// Validate checks the configuration. An empty NodeName takes $NODE_NAME,
+// which a DaemonSet sets from the pod's spec.nodeName.
 func (c *Config) Validate() error {
+	if c.NodeName == "" {
+		c.NodeName = os.Getenv("NODE_NAME")
+	}
 	if c.WALRetention < time.Minute {
 		return fmt.Errorf("--agent.wal-retention must be at least 1m, got %s", c.WALRetention)
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/prometheus/model/metadata"
 	"github.com/prometheus/prometheus/storage"
 	"github.com/prometheus/prometheus/tsdb/chunks"
+	"github.com/prometheus/prometheus/tsdb/fileutil"
 	"github.com/prometheus/prometheus/tsdb/record"
 	"github.com/prometheus/prometheus/tsdb/wlog"
 
@@ -677,18 +678,39 @@ func loadPosition(file string) (position, error) {
 	return p, nil
 }
 
-// savePosition replaces file atomically, so a crash leaves the old
-// position or the new one.
-func savePosition(file string, p position) error {
+// savePosition replaces file atomically and durably, so a crash leaves
+// the old position or the new one: the new one is synced before the
+// rename, and fileutil.Replace syncs the directory after it. A temporary
+// file a crash left half written is overwritten here and never read.
+func savePosition(file string, p position) (err error) {
 	b, err := json.Marshal(p)
 	if err != nil {
-		return err
+		return fmt.Errorf("encode position: %w", err)
 	}
 	tmp := file + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		return err
+	f, err := os.Create(tmp)
+	if err != nil {
+		return fmt.Errorf("create temporary position file: %w", err)
 	}
-	return os.Rename(tmp, file)
+	defer func() {
+		if err != nil {
+			_ = f.Close()
+			_ = os.Remove(tmp)
+		}
+	}()
+	if _, err := f.Write(b); err != nil {
+		return fmt.Errorf("write position file: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("sync position file: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("close position file: %w", err)
+	}
+	if err := fileutil.Replace(tmp, file); err != nil {
+		return fmt.Errorf("replace position file: %w", err)
+	}
+	return nil
 }
 
 // dirSize returns the bytes of the files under dir.
