@@ -80,7 +80,7 @@ func (a *appender) Append(ref storage.SeriesRef, ls labels.Labels, st, t int64, 
 	isHistogram := h != nil || fh != nil
 	hash := uint64(ref)
 	if hash == 0 {
-		if r, err := a.d.cfg.validateSeries(ls, a.report != nil && a.report.labelsChecked); err != nil {
+		if r, err := a.d.cfg.validateSeries(ls); err != nil {
 			a.reject(r, err, isHistogram, len(opts.Exemplars))
 			return 0, nil
 		}
@@ -99,7 +99,7 @@ func (a *appender) Append(ref storage.SeriesRef, ls labels.Labels, st, t int64, 
 		hErr = h.Validate()
 	}
 	if hErr != nil {
-		a.reject(reasonInvalidHistogram, fmt.Errorf("histogram at %s in series %s: %w", formatTime(t), ls, hErr), true, len(opts.Exemplars))
+		a.reject(censuspb.ReasonInvalidHistogram, fmt.Errorf("histogram at %s in series %s: %w", formatTime(t), ls, hErr), true, len(opts.Exemplars))
 		return storage.SeriesRef(hash), nil
 	}
 
@@ -158,7 +158,7 @@ func (a *appender) addExemplars(s *pendingSeries, es []exemplar.Exemplar) {
 }
 
 // reject counts a refused sample, with its exemplars.
-func (a *appender) reject(r reason, err error, isHistogram bool, exemplars int) {
+func (a *appender) reject(r censuspb.Reason, err error, isHistogram bool, exemplars int) {
 	a.d.metrics.discarded[r].Inc()
 	a.rejected.add(r, err, isHistogram, exemplars)
 }

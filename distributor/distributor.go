@@ -169,7 +169,7 @@ type metrics struct {
 	commits         *prometheus.CounterVec
 	ingesterPushes  *prometheus.HistogramVec
 	// discarded[r] counts the samples refused for reason r.
-	discarded [numReasons]prometheus.Counter
+	discarded [censuspb.NumReasons]prometheus.Counter
 	// ingesterSamples counts samples per ingester and result.
 	ingesterSamples *prometheus.CounterVec
 }
@@ -213,10 +213,10 @@ func isRetry(ctx context.Context) bool {
 
 func newMetrics(reg prometheus.Registerer) *metrics {
 	f := promauto.With(reg)
-	discarded := registerShared(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "census_discarded_samples_total",
-		Help: "Samples a push refused, by reason: the rule or limit that refused them.",
-	}, []string{"reason"}))
+	discarded := f.NewCounterVec(prometheus.CounterOpts{
+		Name: "census_distributor_discarded_samples_total",
+		Help: "Samples the distributor refused before sending them, by reason: the rule or limit that refused them.",
+	}, []string{"reason"})
 	m := &metrics{
 		receivedSamples: f.NewCounter(prometheus.CounterOpts{
 			Name: "census_distributor_received_samples_total",
@@ -239,31 +239,23 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		Help: "Samples pushed to each ingester by result: sent (acknowledged), failed (the push failed), retried (sent again after a failed commit), dropped (failed while the other replicas made the quorum, so never sent to it again).",
 	}, []string{"ingester", "result"})
 	// Every reason exists from the start, so a rate over it never misses
-	// the first discard.
-	for r := range numReasons {
+	// the first discard. The distributor refuses for its own reasons only;
+	// the others stay unexported.
+	for _, r := range distributorReasons {
 		m.discarded[r] = discarded.WithLabelValues(r.String())
 	}
 	return m
 }
 
-// registerShared registers c on reg, or returns the collector registered
-// already with the same descriptor. census_discarded_samples_total belongs
-// to the ingester too: in `census all` both register it on one registry,
-// and it must stay one metric, counting what either refused. The
-// descriptors (name, help, label names) are identical so the second
-// registration meets AlreadyRegisteredError rather than a conflict.
-func registerShared[C prometheus.Collector](reg prometheus.Registerer, c C) C {
-	if reg == nil {
-		return c
-	}
-	if err := reg.Register(c); err != nil {
-		if are, ok := errors.AsType[prometheus.AlreadyRegisteredError](err); ok {
-			if existing, ok := are.ExistingCollector.(C); ok {
-				return existing
-			}
-		}
-		// Same as promauto: a conflicting metric is a programming error.
-		panic(err)
-	}
-	return c
+// distributorReasons are the reasons the distributor refuses samples for.
+var distributorReasons = []censuspb.Reason{
+	censuspb.ReasonMissingMetricName,
+	censuspb.ReasonInvalidLabel,
+	censuspb.ReasonDuplicateLabelNames,
+	censuspb.ReasonMaxLabelNamesPerSeries,
+	censuspb.ReasonLabelNameTooLong,
+	censuspb.ReasonLabelValueTooLong,
+	censuspb.ReasonSampleTooOld,
+	censuspb.ReasonSampleTooFarInFuture,
+	censuspb.ReasonInvalidHistogram,
 }

@@ -48,13 +48,13 @@ func noQuorumError(seriesWithoutQuorum, quorum int, failed map[string]error) err
 // rejections counts what a transaction refused at Append, per reason,
 // keeping the first error of each reason.
 type rejections struct {
-	samples            [numReasons]int
-	first              [numReasons]error
+	samples            [censuspb.NumReasons]int
+	first              [censuspb.NumReasons]error
 	floats, histograms int
 	exemplars          int // Exemplars dropped with their samples.
 }
 
-func (r *rejections) add(rs reason, err error, isHistogram bool, exemplars int) {
+func (r *rejections) add(rs censuspb.Reason, err error, isHistogram bool, exemplars int) {
 	r.samples[rs]++
 	if r.first[rs] == nil {
 		r.first[rs] = err
@@ -79,8 +79,8 @@ func (r *rejections) err() error {
 // broke a validation rule, per reason, with the first error of each. It
 // wraps ErrInvalidSeries: sending them again cannot help.
 type RejectedError struct {
-	samples [numReasons]int
-	first   [numReasons]error
+	samples [censuspb.NumReasons]int
+	first   [censuspb.NumReasons]error
 }
 
 // Samples returns how many samples were refused.
@@ -94,7 +94,7 @@ func (e *RejectedError) Samples() int {
 
 func (e *RejectedError) Error() string {
 	var parts []string
-	for r := range numReasons {
+	for r := range censuspb.NumReasons {
 		if e.samples[r] > 0 {
 			parts = append(parts, fmt.Sprintf("%d %s, first: %v", e.samples[r], r, e.first[r]))
 		}

@@ -67,10 +67,6 @@ func (r *Receiver) Register(mux *http.ServeMux) {
 // handlers answer 500 to any Commit error, and cannot tell a refusal (never
 // to be retried) from a missing quorum (to be retried).
 type pushReport struct {
-	// labelsChecked says Prometheus' handler checked every label set
-	// before appending it: remote write does, OTLP's translator does not.
-	labelsChecked bool
-
 	committed bool
 	err       error // What Commit returned.
 	// What Commit sent, what Append refused (rejected) and what the
@@ -114,7 +110,15 @@ type pushHandler struct {
 }
 
 func (h *pushHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	rep := &pushReport{labelsChecked: !h.otlp}
+	if r.Method != http.MethodPost {
+		// Both protocols push with POST only; without this, Prometheus'
+		// handler would try to decode the empty body of a GET and
+		// answer 400 "s2: corrupt input".
+		w.Header().Set("Allow", http.MethodPost)
+		http.Error(w, r.Method+" is not allowed: push with POST", http.StatusMethodNotAllowed)
+		return
+	}
+	rep := &pushReport{}
 	buf := &responseBuffer{header: http.Header{}}
 	h.next.ServeHTTP(buf, r.WithContext(context.WithValue(r.Context(), reportKey{}, rep)))
 	if !rep.committed || rep.err == nil {

@@ -2,6 +2,7 @@ package distributor_test
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"io"
@@ -254,8 +255,8 @@ func TestReceiver_PartlyBadRequestStoresTheGoodSeries(t *testing.T) {
 		}}
 		_, err := writeClient(t, u, remoteapi.WriteV1MessageType).Store(context.Background(), encode(t, req), 0)
 		requireNotRetryable(t, err, "400 Bad Request")
-		require.ErrorContains(t, err, `1 max_labels_per_series, first: series {__name__="wide", a="1", b="2", c="3", d="4"} has 5 labels`)
-		require.ErrorContains(t, err, `1 too_old, first: sample at`)
+		require.ErrorContains(t, err, `1 max_label_names_per_series, first: series {__name__="wide", a="1", b="2", c="3", d="4"} has 5 labels`)
+		require.ErrorContains(t, err, `1 sample_too_old, first: sample at`)
 		require.Equal(t, []float64{1}, fakes[0].values(good))
 		require.Len(t, fakes[0].allSeries(), 1)
 	})
@@ -273,7 +274,7 @@ func TestReceiver_PartlyBadRequestStoresTheGoodSeries(t *testing.T) {
 		stats, err := writeClient(t, u, remoteapi.WriteV2MessageType).Store(context.Background(), encode(t, req), 0)
 		requireNotRetryable(t, err, "400 Bad Request")
 		require.ErrorContains(t, err, `invalid metric name or labels, got {job="api"}`)
-		require.ErrorContains(t, err, "1 max_labels_per_series")
+		require.ErrorContains(t, err, "1 max_label_names_per_series")
 		require.Equal(t, 1, stats.Samples, "written counts say what was stored")
 		require.Equal(t, []float64{1}, fakes[0].values(good))
 		require.Len(t, fakes[0].allSeries(), 1)
@@ -364,9 +365,9 @@ func TestReceiver_ResponseCodesFollowTheIngesters(t *testing.T) {
 
 func TestReceiver_BadRequests(t *testing.T) {
 	u, _ := receiver(t, 1, 1, limitedConfig())
-	post := func(path, contentType, encoding string, body []byte) (int, string) {
+	send := func(method, path, contentType, encoding string, body []byte) (int, http.Header, string) {
 		t.Helper()
-		req, err := http.NewRequest(http.MethodPost, u.JoinPath(path).String(), bytes.NewReader(body))
+		req, err := http.NewRequest(method, u.JoinPath(path).String(), bytes.NewReader(body))
 		require.NoError(t, err)
 		req.Header.Set("Content-Type", contentType)
 		if encoding != "" {
@@ -377,23 +378,30 @@ func TestReceiver_BadRequests(t *testing.T) {
 		defer resp.Body.Close()
 		b, err := io.ReadAll(resp.Body)
 		require.NoError(t, err)
-		return resp.StatusCode, string(b)
+		return resp.StatusCode, resp.Header, string(b)
 	}
 	for _, tc := range []struct {
-		name, path, contentType, encoding string
-		body                              []byte
-		code                              int
-		want                              string
+		name, method, path, contentType, encoding string
+		body                                      []byte
+		code                                      int
+		want                                      string
 	}{
 		{name: "not snappy", path: distributor.RemoteWritePath, contentType: "application/x-protobuf", encoding: "snappy", body: []byte("not snappy at all"), code: http.StatusBadRequest},
 		{name: "not protobuf", path: distributor.RemoteWritePath, contentType: "application/x-protobuf", encoding: "snappy", body: snappy.Encode(nil, []byte{0xff, 0xff, 0xff}), code: http.StatusBadRequest},
 		{name: "unknown message", path: distributor.RemoteWritePath, contentType: "application/x-protobuf;proto=io.prometheus.write.v3.Request", encoding: "snappy", body: snappy.Encode(nil, nil), code: http.StatusUnsupportedMediaType},
 		{name: "gzip remote write", path: distributor.RemoteWritePath, contentType: "application/x-protobuf", encoding: "gzip", body: nil, code: http.StatusUnsupportedMediaType, want: "gzip encoding (compression) is not accepted"},
 		{name: "OTLP not protobuf", path: distributor.OTLPMetricsPath, contentType: "application/x-protobuf", body: []byte{0xff, 0xff, 0xff}, code: http.StatusBadRequest},
+		{name: "GET remote write", method: http.MethodGet, path: distributor.RemoteWritePath, code: http.StatusMethodNotAllowed, want: "GET is not allowed: push with POST"},
+		{name: "PUT remote write", method: http.MethodPut, path: distributor.RemoteWritePath, contentType: "application/x-protobuf", encoding: "snappy", code: http.StatusMethodNotAllowed, want: "PUT is not allowed"},
+		{name: "GET OTLP", method: http.MethodGet, path: distributor.OTLPMetricsPath, code: http.StatusMethodNotAllowed, want: "GET is not allowed: push with POST"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			code, body := post(tc.path, tc.contentType, tc.encoding, tc.body)
+			method := cmp.Or(tc.method, http.MethodPost)
+			code, hdr, body := send(method, tc.path, tc.contentType, tc.encoding, tc.body)
 			require.Equal(t, tc.code, code, body)
+			if code == http.StatusMethodNotAllowed {
+				require.Equal(t, http.MethodPost, hdr.Get("Allow"))
+			}
 			require.True(t, strings.Contains(body, tc.want), "body %q", body)
 		})
 	}
