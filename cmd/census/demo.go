@@ -2,10 +2,9 @@ package main
 
 import (
 	"context"
-	"errors"
+	"io"
 	"log/slog"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"time"
 
@@ -14,16 +13,18 @@ import (
 )
 
 // demoService is the target `census all` scrapes beside itself: a small
-// HTTP service that calls itself a few times a second and exposes the
-// golden signals of those calls (traffic and errors by status code, latency
-// as a histogram) on its own /metrics.
+// HTTP handler, served on the process's own HTTP server, that is called a
+// few times a second and exposes the golden signals of those calls
+// (traffic and errors by status code, latency as a histogram) on its own
+// /metrics.
 type demoService struct {
-	ln     net.Listener
-	logger *slog.Logger
-	srv    *http.Server
+	http.Handler
+	helloURL string
+	logger   *slog.Logger
 }
 
-func newDemoService(ln net.Listener, logger *slog.Logger) *demoService {
+// newDemoService returns the demo, which Run calls at baseURL+"hello".
+func newDemoService(baseURL string, logger *slog.Logger) *demoService {
 	reg := prometheus.NewRegistry()
 	requests := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "demo_http_requests_total",
@@ -40,11 +41,7 @@ func newDemoService(ln net.Listener, logger *slog.Logger) *demoService {
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.Handle("/hello", promhttp.InstrumentHandlerDuration(latency,
 		promhttp.InstrumentHandlerCounter(requests, http.HandlerFunc(hello))))
-	return &demoService{
-		ln:     ln,
-		logger: logger,
-		srv:    &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second},
-	}
+	return &demoService{Handler: mux, helloURL: baseURL + "hello", logger: logger}
 }
 
 // hello answers after a short, skewed delay, failing one call in twenty.
@@ -60,34 +57,27 @@ func hello(w http.ResponseWriter, _ *http.Request) {
 	}
 }
 
-// Run serves the demo and sends it traffic until ctx ends.
+// Run sends the demo traffic until ctx ends.
 func (d *demoService) Run(ctx context.Context) error {
-	errc := make(chan error, 1)
-	go func() { errc <- d.srv.Serve(d.ln) }()
-
-	url := "http://" + d.ln.Addr().String() + "/hello"
 	client := &http.Client{Timeout: time.Second}
+	defer client.CloseIdleConnections()
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			err := d.srv.Shutdown(shutdownCtx)
-			client.CloseIdleConnections()
-			if srvErr := <-errc; !errors.Is(srvErr, http.ErrServerClosed) {
-				return srvErr
-			}
-			return err
-		case err := <-errc:
-			return err
+			return nil
 		case <-tick.C:
-			resp, err := client.Get(url)
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, d.helloURL, nil)
+			if err != nil {
+				return err
+			}
+			resp, err := client.Do(req)
 			if err != nil {
 				d.logger.Debug("Demo request failed", "err", err)
 				continue
 			}
+			_, _ = io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()
 		}
 	}

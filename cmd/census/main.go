@@ -222,17 +222,17 @@ func (rs readiness) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
 	_, _ = w.Write([]byte("ready\n"))
 }
 
-// start wires the role's components into one run.Group and runs it until
-// a signal or a component's failure.
+// start wires the role's components and runs them until a signal or a
+// component's failure.
 //
-// oklog/run interrupts actors one after another in the order they were
-// added, and each interrupt below waits until its actor has returned. So
-// actors are added in stop order: the agent sends its last scrape while
-// the ring and the ingester still take it, the HTTP server drains its
-// queries while the ingesters still answer, the ingester turns LEAVING in
-// the ring before its gRPC server drains in-flight pushes and queries,
-// then the TSDB closes, writing its head snapshot, and last the ingester
-// turns LEFT and leaves the ring.
+// The process is one run.Group of two actors: the signal handler and the
+// lifecycle, which runs every component and stops them in the order they
+// are added below: the agent sends its last scrape while the ring and the
+// ingester still take it, the HTTP server drains its queries while the
+// ingesters still answer, the ingester turns LEAVING in the ring before
+// its gRPC server drains in-flight pushes and queries, then the TSDB
+// closes, writing its head snapshot, and last the ingester turns LEFT and
+// leaves the ring.
 //
 // A second SIGINT or SIGTERM, or shutdownTimeout after the first, exits at
 // once: whatever was acknowledged is in the WAL already.
@@ -242,12 +242,10 @@ func start(o *options, logger *slog.Logger) error {
 	reg := prometheus.DefaultRegisterer
 	reg.MustRegister(versioncollector.NewCollector("census"))
 
-	var g run.Group
-	returned := make(chan struct{})
-	defer close(returned)
-	addSignalHandler(&g, returned, logger)
+	life := newLifecycle(logger)
 	var ready readiness
 	mux := http.NewServeMux()
+	reloaders := &reloaders{logger: logger}
 
 	httpLn, err := net.Listen("tcp", o.httpAddr)
 	if err != nil {
@@ -317,9 +315,10 @@ func start(o *options, logger *slog.Logger) error {
 	}
 
 	// Agent: scrapes (itself and the demo service, for `census all`) and
-	// appends through the distributor.
+	// appends through the distributor. It stops first, sending its last
+	// scrape while everything below still takes it.
 	if o.role.agent {
-		scrapeCfg, err := loadScrapeConfig(o, httpLn.Addr(), &g, logger)
+		scrapeCfg, err := loadScrapeConfig(o, httpLn.Addr(), mux, life, logger)
 		if err != nil {
 			return err
 		}
@@ -328,7 +327,7 @@ func start(o *options, logger *slog.Logger) error {
 			return err
 		}
 		ready.add("agent", a.Ready)
-		addInOrder(&g, a.Run)
+		life.add("agent", a.Run, nil)
 	}
 
 	// Querier: the Prometheus HTTP API over every ingester.
@@ -349,49 +348,60 @@ func start(o *options, logger *slog.Logger) error {
 		mux.Handle("/api/v1/", api)
 	}
 
-	// HTTP: self-metrics, readiness, ring status and the role's API.
+	// HTTP: self-metrics, health, readiness, reload, ring status and the
+	// role's API. It drains its requests while the ingesters still answer.
 	mux.Handle("/metrics", promhttp.HandlerFor(prometheus.DefaultGatherer, promhttp.HandlerOpts{EnableOpenMetrics: true}))
 	mux.Handle("/ready", ready)
+	mux.Handle("/-/ready", ready)
+	mux.HandleFunc("/-/healthy", healthy)
+	mux.Handle("/-/reload", reloaders)
 	httpSrv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	g.Add(func() error {
-		if err := httpSrv.Serve(httpLn); !errors.Is(err, http.ErrServerClosed) {
-			return err
-		}
-		return nil
-	}, func(error) {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = httpSrv.Shutdown(ctx)
-	})
+	life.add("http", func(ctx context.Context) error {
+		return serveHTTP(ctx, httpSrv, httpLn)
+	}, nil)
 
 	if grpcSrv != nil {
-		// On stop the ingester turns LEAVING in the ring, so writers send
-		// its series to the next instances while readers still ask it;
-		// then the gRPC server drains: in-flight pushes and queries
-		// finish, new ones fail with Unavailable, and after ten seconds
-		// the stragglers (a client that stopped reading its stream) are
-		// cut off.
-		g.Add(func() error {
-			return grpcSrv.Serve(grpcLn)
-		}, func(error) {
+		// The ingester turns LEAVING in the ring, so writers send its
+		// series to the next instances while readers still ask it.
+		life.add("ring leaving", nil, func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
 			if err := r.SetLeaving(ctx); err != nil {
 				logger.Warn("Could not tell the ring this ingester is leaving before it stops serving", "err", err)
 			}
-			cancel()
-			stopGRPC(grpcSrv, 10*time.Second)
 		})
+		// Then the gRPC server drains: in-flight pushes and queries
+		// finish, new ones fail with Unavailable, and after ten seconds
+		// the stragglers (a client that stopped reading its stream) are
+		// cut off.
+		life.add("grpc", func(ctx context.Context) error {
+			errc := make(chan error, 1)
+			go func() { errc <- grpcSrv.Serve(grpcLn) }()
+			select {
+			case err := <-errc:
+				return err
+			case <-ctx.Done():
+				stopGRPC(grpcSrv, 10*time.Second)
+				return <-errc
+			}
+		}, nil)
 		// Then the ingester refuses what is left, waits for the requests
 		// it still holds, and closes the TSDB with a head snapshot, so the
 		// next start replays no WAL.
-		addInOrder(&g, ing.Run)
+		life.add("ingester", ing.Run, nil)
 	}
 
 	// The ring last: an ingester turns LEFT and leaves once its data is
 	// safe on disk.
-	addInOrder(&g, r.Run)
+	life.add("ring", r.Run, nil)
 
-	logger.Info("Census started", "role", o.name, "http", httpLn.Addr().String(), "grpc", grpcAddr, "gossip", r.GossipAddr())
+	var g run.Group
+	returned := make(chan struct{})
+	defer close(returned)
+	addSignalHandler(&g, returned, reloaders.reload, logger)
+	g.Add(life.Run, life.Interrupt)
+
+	logger.Info("Census started", "role", o.name, "version", version.Version, "http", httpLn.Addr().String(), "grpc", grpcAddr, "gossip", r.GossipAddr())
 	if o.name == "all" {
 		logger.Info("Query Census at http://" + localURLHost(httpLn.Addr()) + "/api/v1/query?query=up")
 	}
@@ -403,6 +413,30 @@ func start(o *options, logger *slog.Logger) error {
 	return err
 }
 
+// serveHTTP serves ln until ctx ends, then drains requests for up to ten
+// seconds.
+func serveHTTP(ctx context.Context, srv *http.Server, ln net.Listener) error {
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+		shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(shutdownCtx)
+		if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	}
+}
+
+// healthy answers 200 while the process runs, as Prometheus' /-/healthy.
+func healthy(w http.ResponseWriter, _ *http.Request) {
+	_, _ = w.Write([]byte("Census is Healthy.\n"))
+}
+
 // shutdownTimeout bounds a graceful stop. Kubernetes' grace period should
 // be longer than the stop of an ingester (writing its head snapshot takes
 // seconds per million series), so this bound matters only where nothing
@@ -410,58 +444,104 @@ func start(o *options, logger *slog.Logger) error {
 const shutdownTimeout = 3 * time.Minute
 
 // addSignalHandler adds the actor that returns on the first SIGINT or
-// SIGTERM, which stops every actor in order. After it, a second signal or
+// SIGTERM, which stops the process. SIGHUP reloads the configuration, as
+// in Prometheus. After the first stop signal, a second one or
 // shutdownTimeout exits the process at once, unless returned is closed
 // first.
-func addSignalHandler(g *run.Group, returned <-chan struct{}, logger *slog.Logger) {
+func addSignalHandler(g *run.Group, returned <-chan struct{}, reload func() error, logger *slog.Logger) {
 	sigc := make(chan os.Signal, 2)
-	signal.Notify(sigc, os.Interrupt, syscall.SIGTERM)
+	signal.Notify(sigc, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	stopc := make(chan struct{})
 	g.Add(func() error {
-		select {
-		case sig := <-sigc:
-			logger.Info("Stopping gracefully; a second signal stops at once", "signal", sig, "timeout", shutdownTimeout)
-			go func() {
-				defer signal.Stop(sigc)
-				select {
-				case sig := <-sigc:
-					logger.Error("Second signal: exiting without a graceful stop", "signal", sig)
-				case <-time.After(shutdownTimeout):
-					logger.Error("Graceful stop timed out: exiting without it", "timeout", shutdownTimeout)
-				case <-returned:
-					return
+		for {
+			select {
+			case sig := <-sigc:
+				if sig == syscall.SIGHUP {
+					// reload logs its own outcome.
+					_ = reload()
+					continue
 				}
-				os.Exit(1)
-			}()
-			return run.SignalError{Signal: sig}
-		case <-stopc:
-			signal.Stop(sigc)
-			return nil
+				logger.Info("Stopping gracefully; a second signal stops at once", "signal", sig, "timeout", shutdownTimeout)
+				go exitOnSecondSignal(sigc, returned, logger)
+				return run.SignalError{Signal: sig}
+			case <-stopc:
+				signal.Stop(sigc)
+				return nil
+			}
 		}
 	}, func(error) {
 		close(stopc)
 	})
 }
 
-// addInOrder adds an actor running fn whose interrupt cancels fn's context
-// and waits until fn has returned, so that the next actor is interrupted
-// only once this one has stopped.
-func addInOrder(g *run.Group, fn func(ctx context.Context) error) {
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	g.Add(func() error {
-		defer close(done)
-		return fn(ctx)
-	}, func(error) {
-		cancel()
-		<-done
-	})
+// exitOnSecondSignal exits the process on a second SIGINT or SIGTERM, or
+// once shutdownTimeout has passed, unless returned is closed first.
+func exitOnSecondSignal(sigc <-chan os.Signal, returned <-chan struct{}, logger *slog.Logger) {
+	timeout := time.After(shutdownTimeout)
+	for {
+		select {
+		case sig := <-sigc:
+			if sig == syscall.SIGHUP {
+				continue
+			}
+			logger.Error("Second signal: exiting without a graceful stop", "signal", sig)
+		case <-timeout:
+			logger.Error("Graceful stop timed out: exiting without it", "timeout", shutdownTimeout)
+		case <-returned:
+			return
+		}
+		os.Exit(1)
+	}
+}
+
+// reloaders re-reads the configuration of every component that has one,
+// on SIGHUP and on POST /-/reload. A component whose new configuration is
+// bad keeps its old one.
+type reloaders struct {
+	logger *slog.Logger
+	fns    []func() error
+}
+
+func (rs *reloaders) add(fn func() error) { rs.fns = append(rs.fns, fn) }
+
+// reload runs every reloader and logs the outcome.
+func (rs *reloaders) reload() error {
+	var errs []error
+	for _, fn := range rs.fns {
+		if err := fn(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	err := errors.Join(errs...)
+	if err != nil {
+		rs.logger.Error("Reloading the configuration failed: the old one stays in force", "err", err)
+		return err
+	}
+	rs.logger.Info("Reloaded the configuration")
+	return nil
+}
+
+// ServeHTTP reloads on POST, as Prometheus' /-/reload: 200 when every
+// component took its new configuration, else 500 and why.
+func (rs *reloaders) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost && r.Method != http.MethodPut {
+		w.Header().Set("Allow", "POST, PUT")
+		http.Error(w, "only POST or PUT requests allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	if err := rs.reload(); err != nil {
+		http.Error(w, "reload failed: "+err.Error(), http.StatusInternalServerError)
+		return
+	}
+	_, _ = w.Write([]byte("reloaded\n"))
 }
 
 // loadScrapeConfig reads --config.file. Without one, an agent in
 // Kubernetes scrapes the annotated pods and services of its node, and
-// `census all` scrapes itself and the demo service, which it adds to g.
-func loadScrapeConfig(o *options, self net.Addr, g *run.Group, logger *slog.Logger) (*config.Config, error) {
+// `census all` scrapes itself and the demo service, which it serves under
+// /demo/ on the process's own HTTP server so that its instance label stays
+// the same across restarts.
+func loadScrapeConfig(o *options, self net.Addr, mux *http.ServeMux, life *lifecycle, logger *slog.Logger) (*config.Config, error) {
 	if o.agent.ConfigFile != "" {
 		return agent.LoadScrapeConfig(o.agent.ConfigFile, logger)
 	}
@@ -469,14 +549,14 @@ func loadScrapeConfig(o *options, self net.Addr, g *run.Group, logger *slog.Logg
 		logger.Info("No --config.file: scraping the pods and services annotated prometheus.io/scrape", "node", o.agent.NodeName)
 		return agent.ParseScrapeConfig(agent.DefaultKubernetesConfig(o.agent.Kubeconfig, o.agent.NodeName, o.agent.ScrapeInterval), logger)
 	}
-	demoLn, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, fmt.Errorf("listen for the demo service: %w", err)
-	}
-	demo := newDemoService(demoLn, logger.With("component", "demo"))
-	addInOrder(g, demo.Run)
-	return agent.ParseScrapeConfig(fmt.Sprintf(demoScrapeConfig, localURLHost(self), demoLn.Addr().String()), logger)
+	demo := newDemoService("http://"+localURLHost(self)+demoPath, logger.With("component", "demo"))
+	mux.Handle(demoPath, http.StripPrefix(strings.TrimSuffix(demoPath, "/"), demo))
+	life.add("demo", demo.Run, nil)
+	return agent.ParseScrapeConfig(fmt.Sprintf(demoScrapeConfig, localURLHost(self), demoPath+"metrics"), logger)
 }
+
+// demoPath is where `census all` serves the demo service.
+const demoPath = "/demo/"
 
 // demoScrapeConfig is what `census all` scrapes without --config.file.
 const demoScrapeConfig = `
@@ -488,8 +568,9 @@ scrape_configs:
     static_configs:
       - targets: [%q]
   - job_name: demo
+    metrics_path: %q
     static_configs:
-      - targets: [%q]
+      - targets: [%[1]q]
 `
 
 // stopGRPC drains in-flight calls, forcing the stop after timeout.
