@@ -3,7 +3,9 @@
 
 GO      ?= go
 BIN     := bin/census
-VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+# A build of a tag vX.Y.Z is version X.Y.Z; any other build is named by its
+# commit (git describe: the last tag, commits since, hash, -dirty).
+VERSION ?= $(shell v=$$(git describe --tags --exact-match --match 'v[0-9]*' 2>/dev/null) && echo $${v\#v} || git describe --tags --always --dirty 2>/dev/null || echo dev)
 VERSION_PKG := github.com/prometheus/common/version
 LDFLAGS := -X $(VERSION_PKG).Version=$(VERSION) \
 	-X $(VERSION_PKG).Revision=$(shell git rev-parse HEAD 2>/dev/null) \

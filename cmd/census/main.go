@@ -46,16 +46,20 @@ Roles:
   querier      serve the Prometheus HTTP API over every ingester
   all          every role in one process, scraping itself and a demo service
 
-Run 'census <role> -h' for the role's flags.
+Run 'census <role> -h' for the role's flags, 'census --version' for the version.
 `
 
 func main() {
-	os.Exit(runMain(os.Args[1:], os.Stderr))
+	os.Exit(runMain(os.Args[1:], os.Stdout, os.Stderr))
 }
 
 // runMain runs the role named by args[0] until SIGINT or SIGTERM and returns
 // the process exit code.
-func runMain(args []string, stderr io.Writer) int {
+func runMain(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 1 && (args[0] == "--version" || args[0] == "version") {
+		fmt.Fprintln(stdout, version.Print("census"))
+		return 0
+	}
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		fmt.Fprint(stderr, usage)
 		return 2
