@@ -1,5 +1,5 @@
-# Census: build, run, test. Every target works on a bare machine once
-# .ci/run (or `make deps`) has installed protoc; Go tools come from go.mod.
+# Census: build, run, test. Every target works on a machine with only Go
+# and make: the protobuf compiler and its plugins are Go code pinned in go.mod.
 
 GO      ?= go
 BIN     := bin/census
@@ -66,18 +66,15 @@ lint:
 	$(GO) vet $(PKGS)
 
 # proto regenerates the committed Go code from proto/census.proto with
-# protoc (Debian's protobuf-compiler) and the plugins pinned in go.mod.
+# proto/internal/protogen: bufbuild/protocompile and the protoc-gen-go and
+# protoc-gen-go-grpc plugins, all pinned in go.mod, so no protoc is needed.
 proto:
-	protoc --proto_path=proto \
-	  --plugin=protoc-gen-go=$$($(GO) tool -n protoc-gen-go) \
-	  --plugin=protoc-gen-go-grpc=$$($(GO) tool -n protoc-gen-go-grpc) \
-	  --go_out=proto --go_opt=paths=source_relative \
-	  --go-grpc_out=proto --go-grpc_opt=paths=source_relative \
-	  proto/census.proto
+	$(GO) run ./proto/internal/protogen -out=proto proto/census.proto
 
-# deps installs what the build and tests need beyond Go itself.
+# deps downloads the Go modules and tools the build and tests need; Go itself
+# is the only thing to install.
 deps:
-	@command -v protoc >/dev/null || { apt-get update -qq && apt-get install -y -qq protobuf-compiler; }
+	$(GO) mod download
 
 clean:
 	rm -rf bin
