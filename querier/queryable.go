@@ -63,6 +63,22 @@ func NewQueryable(r Ring, clients *censuspb.ClientPool, logger *slog.Logger, reg
 	return &Queryable{ring: r, clients: clients, logger: logger, metrics: newMetrics(reg)}
 }
 
+// ErrNoIngesters is why a querier is not ready: its ring holds no ACTIVE
+// ingester, so any answer would be empty for want of data, not because
+// there is none.
+var ErrNoIngesters = errors.New("no ACTIVE ingester in the ring yet")
+
+// Ready returns nil once the ring holds at least one ACTIVE ingester, and
+// ErrNoIngesters while it holds none.
+func (q *Queryable) Ready() error {
+	for _, inst := range q.ring.ReadInstances() {
+		if inst.State == ring.ACTIVE {
+			return nil
+		}
+	}
+	return ErrNoIngesters
+}
+
 // Querier returns a querier of the samples in [mint, maxt]. Close it to
 // release its gRPC streams.
 func (q *Queryable) Querier(mint, maxt int64) (storage.Querier, error) {

@@ -121,7 +121,7 @@ func TestCluster_DistributorReceivesPushes(t *testing.T) {
 	wide := labels.FromStrings("a", "1", "b", "2", "c", "3", "d", "4", "job", "pushed")
 	err = remoteWrite(t, dist.http, remoteapi.WriteV1MessageType, now.UnixMilli(), map[string]float64{"wide_value": 9}, wide)
 	require.ErrorContains(t, err, "400 Bad Request")
-	require.ErrorContains(t, err, `1 max_labels_per_series, first: series {__name__="wide_value", a="1", b="2", c="3", d="4", job="pushed"} has 6 labels`)
+	require.ErrorContains(t, err, `1 max_label_names_per_series, first: series {__name__="wide_value", a="1", b="2", c="3", d="4", job="pushed"} has 6 labels`)
 	var rec remote.RecoverableError
 	require.False(t, errors.As(err, &rec), "a 400 is not retried")
 	got, _ := instantValues(t, q, "wide_value", "__name__", now.UnixMilli())
@@ -129,7 +129,7 @@ func TestCluster_DistributorReceivesPushes(t *testing.T) {
 
 	// The distributor counts what it refused; nothing is retried.
 	metrics := fetch(t, "http://"+dist.http+"/metrics")
-	require.Contains(t, metrics, `census_discarded_samples_total{reason="max_labels_per_series"} 1`)
+	require.Contains(t, metrics, `census_distributor_discarded_samples_total{reason="max_label_names_per_series"} 1`)
 
 	// Every ingester down: 503, which Prometheus' client retries.
 	ing.kill()
@@ -159,11 +159,10 @@ func TestCluster_AllInOneReceivesRemoteWrite(t *testing.T) {
 	require.NoError(t, remoteWrite(t, p.http, remoteapi.WriteV2MessageType, ts, map[string]float64{"pushed_into_all": 42}, labels.FromStrings("job", "push")))
 	got, _ := instantValues(t, p, "pushed_into_all", "job", ts)
 	require.Equal(t, map[string]float64{"push": 42}, got)
-	// One census_discarded_samples_total, the ingester's and the
-	// distributor's reasons together.
+	// Each component counts its own refusals, on its own counter.
 	metrics := fetch(t, "http://"+p.http+"/metrics")
 	require.Contains(t, metrics, `census_discarded_samples_total{reason="out_of_order"} 0`)
-	require.Contains(t, metrics, `census_discarded_samples_total{reason="max_labels_per_series"} 0`)
+	require.Contains(t, metrics, `census_distributor_discarded_samples_total{reason="max_label_names_per_series"} 0`)
 	require.NoError(t, p.stop(30*time.Second))
 }
 

@@ -337,6 +337,9 @@ func start(o *options, logger *slog.Logger) error {
 	// Querier: the Prometheus HTTP API over every ingester.
 	if o.role.querier {
 		q := querier.NewQueryable(r, clients, logger.With("component", "querier"), reg)
+		// Not ready until an ingester is ACTIVE: an empty answer would
+		// read as "no data" rather than "no ingesters".
+		ready.add("querier", q.Ready)
 		build := querier.BuildInfo{
 			Version:   version.Version,
 			Revision:  version.Revision,
@@ -405,7 +408,7 @@ func start(o *options, logger *slog.Logger) error {
 	addSignalHandler(&g, returned, reloaders.reload, logger)
 	g.Add(life.Run, life.Interrupt)
 
-	logger.Info("Census started", "role", o.name, "version", version.Version, "http", httpLn.Addr().String(), "grpc", grpcAddr, "gossip", r.GossipAddr())
+	logger.Info("Census started", "role", o.name, "http", httpLn.Addr().String(), "grpc", grpcAddr, "gossip", r.GossipAddr(), "version", version.Version)
 	if o.name == "all" {
 		logger.Info("Query Census at http://" + localURLHost(httpLn.Addr()) + "/api/v1/query?query=up")
 	}
