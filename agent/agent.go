@@ -93,26 +93,59 @@ func (c *Config) Validate() error {
 	return nil
 }
 
-// LoadScrapeConfig reads and validates a Prometheus configuration file.
+// LoadScrapeConfig reads and validates a Prometheus configuration file,
+// warning of the sections Census ignores.
 func LoadScrapeConfig(path string, logger *slog.Logger) (*config.Config, error) {
 	cfg, err := config.LoadFile(path, false, logger)
 	if err != nil {
 		return nil, fmt.Errorf("load scrape configuration: %w", err)
 	}
+	if text, err := os.ReadFile(path); err == nil {
+		warnIgnoredSections(text, logger)
+	}
 	return cfg, nil
 }
 
-// ParseScrapeConfig parses a Prometheus configuration from YAML text.
+// ParseScrapeConfig parses a Prometheus configuration from YAML text,
+// warning of the sections Census ignores.
 func ParseScrapeConfig(text string, logger *slog.Logger) (*config.Config, error) {
 	cfg, err := config.Load(text, logger)
 	if err != nil {
 		return nil, fmt.Errorf("parse scrape configuration: %w", err)
 	}
+	warnIgnoredSections([]byte(text), logger)
 	return cfg, nil
+}
+
+// usedSections are the top-level sections of a Prometheus configuration
+// the agent reads; Prometheus' own parser accepts the others, which a
+// Prometheus user's file often has.
+var usedSections = map[string]bool{"global": true, "scrape_configs": true, "scrape_config_files": true}
+
+// warnIgnoredSections logs once per section of text that Census ignores,
+// so a user who brings a whole prometheus.yml learns that its rules,
+// alerting or remote_write do nothing here. Rules come with the ruler role.
+func warnIgnoredSections(text []byte, logger *slog.Logger) {
+	if logger == nil {
+		return
+	}
+	var top yaml.MapSlice
+	if err := yaml.Unmarshal(text, &top); err != nil {
+		return // Prometheus' parser accepted it; nothing to add.
+	}
+	for _, item := range top {
+		if name := fmt.Sprint(item.Key); !usedSections[name] {
+			logger.Warn("Census ignores this section of the scrape configuration; it reads only global, scrape_configs and scrape_config_files", "section", name)
+		}
+	}
 }
 
 // targetUpdateInterval is how soon a discovered change of targets is scraped.
 const targetUpdateInterval = time.Second
+
+// healthCheckInterval is how often the agent looks for targets whose
+// health changed, to log it.
+const healthCheckInterval = 5 * time.Second
 
 // drainTimeout bounds how long a stopping agent tries to send what its
 // last scrapes wrote; what it could not send stays in the WAL.
@@ -121,7 +154,7 @@ const drainTimeout = 10 * time.Second
 // Agent discovers targets, scrapes them into a write-ahead log and sends
 // from there through an appendable (the distributor).
 type Agent struct {
-	cfg       *config.Config
+	file      string // The configuration file Reload reads; empty for a built-in configuration.
 	logger    *slog.Logger
 	reg       prometheus.Registerer
 	sdMetrics *discovery.SDMetrics
@@ -136,8 +169,12 @@ type Agent struct {
 	nodesSD  discovery.Config // Lists the cluster's nodes; nil outside Kubernetes or without a node name.
 	monitors *monitorWatcher  // Nil outside Kubernetes.
 
-	mtx sync.Mutex         // Guards the fields below.
-	dm  *discovery.Manager // Set while Run runs.
+	healthEvery time.Duration // How often watchHealth looks; healthCheckInterval but in tests.
+
+	mtx         sync.Mutex         // Guards the fields below.
+	cfg         *config.Config     // The configuration given or last reloaded, without the monitors' jobs.
+	monitorJobs []yaml.MapSlice    // The ServiceMonitors' and PodMonitors' jobs last seen.
+	dm          *discovery.Manager // Set while Run runs.
 }
 
 // New returns an agent scraping what scrapeCfg describes into a
@@ -157,7 +194,7 @@ func New(cfg Config, scrapeCfg *config.Config, app storage.AppendableV2, logger 
 		// Prometheus' managers register their metrics unconditionally.
 		reg = prometheus.NewRegistry()
 	}
-	a := &Agent{cfg: scrapeCfg, logger: logger, reg: reg, nodeName: cfg.NodeName}
+	a := &Agent{file: cfg.ConfigFile, cfg: scrapeCfg, logger: logger, reg: reg, nodeName: cfg.NodeName, healthEvery: healthCheckInterval}
 	if cfg.Kubernetes() {
 		a.monitors = &monitorWatcher{kubeconfig: cfg.Kubeconfig, logger: logger.With("part", "monitors")}
 		a.monitors.apply = a.applyMonitorJobs
@@ -257,11 +294,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.mtx.Lock()
 	a.dm = dm
+	err := a.applyLocked()
+	jobs := len(a.cfg.ScrapeConfigs)
 	a.mtx.Unlock()
-	if err := a.applyDiscovery(dm, a.cfg); err != nil {
+	if err != nil {
 		return err
 	}
-	a.logger.Info("Agent started", "jobs", len(a.cfg.ScrapeConfigs), "node", a.nodeName, "kubernetes", a.monitors != nil)
+	a.logger.Info("Agent started", "jobs", jobs, "node", a.nodeName, "kubernetes", a.monitors != nil)
 
 	sendCtx, cancelSend := context.WithCancel(context.Background())
 	defer cancelSend()
@@ -294,6 +333,10 @@ func (a *Agent) Run(ctx context.Context) error {
 			return nil
 		})
 	}
+	g.Go(func() error {
+		a.watchHealth(gctx)
+		return nil
+	})
 	g.Go(func() error {
 		if err := a.sender.run(sendCtx, stopSending); err != nil {
 			return fmt.Errorf("send from the WAL: %w", err)
@@ -340,38 +383,126 @@ func (a *Agent) applyDiscovery(dm *discovery.Manager, cfg *config.Config) error 
 // besides the agent's own configuration, replacing the monitors' earlier
 // jobs, without a restart.
 func (a *Agent) applyMonitorJobs(jobs []yaml.MapSlice) {
-	scs, err := monitorScrapeConfigs(jobs, a.cfg.GlobalConfig)
-	if err != nil {
-		a.logger.Error("Cannot turn ServiceMonitors and PodMonitors into scrape configuration; keeping the previous one", "err", err)
-		return
-	}
-	cfg := *a.cfg
-	cfg.ScrapeConfigs = slices.Clone(a.cfg.ScrapeConfigs)
-	names := map[string]bool{}
-	for _, sc := range cfg.ScrapeConfigs {
-		names[sc.JobName] = true
-	}
-	for _, sc := range scs {
-		if names[sc.JobName] {
-			a.logger.Warn("A monitor's job has the name of a configured job; ignoring it", "job", sc.JobName)
-			continue
-		}
-		cfg.ScrapeConfigs = append(cfg.ScrapeConfigs, sc)
-	}
 	a.mtx.Lock()
 	defer a.mtx.Unlock()
+	old := a.monitorJobs
+	a.monitorJobs = jobs
 	if a.dm == nil {
 		return
 	}
+	if err := a.applyLocked(); err != nil {
+		a.monitorJobs = old
+		a.logger.Error("Cannot apply the ServiceMonitors and PodMonitors; keeping the previous ones", "err", err)
+		return
+	}
+	a.logger.Info("Applied ServiceMonitors and PodMonitors", "jobs", len(jobs))
+}
+
+// applyLocked applies a.cfg and the monitors' jobs to the scrape manager,
+// and to the discovery manager while Run runs. a.mtx must be held.
+func (a *Agent) applyLocked() error {
+	cfg := *a.cfg
+	if len(a.monitorJobs) > 0 {
+		scs, err := monitorScrapeConfigs(a.monitorJobs, a.cfg.GlobalConfig)
+		if err != nil {
+			return fmt.Errorf("turn ServiceMonitors and PodMonitors into scrape configuration: %w", err)
+		}
+		cfg.ScrapeConfigs = slices.Clone(a.cfg.ScrapeConfigs)
+		names := map[string]bool{}
+		for _, sc := range cfg.ScrapeConfigs {
+			names[sc.JobName] = true
+		}
+		for _, sc := range scs {
+			if names[sc.JobName] {
+				a.logger.Warn("A monitor's job has the name of a configured job; ignoring it", "job", sc.JobName)
+				continue
+			}
+			cfg.ScrapeConfigs = append(cfg.ScrapeConfigs, sc)
+		}
+	}
 	if err := a.scrape.ApplyConfig(&cfg); err != nil {
-		a.logger.Error("Cannot apply the monitors' scrape configuration", "err", err)
-		return
+		return fmt.Errorf("apply scrape configuration: %w", err)
 	}
-	if err := a.applyDiscovery(a.dm, &cfg); err != nil {
-		a.logger.Error("Cannot apply the monitors' discovery configuration", "err", err)
-		return
+	if a.dm == nil {
+		return nil
 	}
-	a.logger.Info("Applied ServiceMonitors and PodMonitors", "jobs", len(scs))
+	return a.applyDiscovery(a.dm, &cfg)
+}
+
+// Reload reads the configuration file again and applies it, as
+// Prometheus does on SIGHUP and POST /-/reload. A configuration that does
+// not load leaves the running one in place, and the error says why. An
+// agent on a built-in configuration has nothing to re-read.
+func (a *Agent) Reload(ctx context.Context) error {
+	if a.file == "" {
+		return nil
+	}
+	cfg, err := LoadScrapeConfig(a.file, a.logger)
+	if err != nil {
+		return err
+	}
+	if _, err := cfg.GetScrapeConfigs(); err != nil {
+		return fmt.Errorf("read scrape configs: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	a.mtx.Lock()
+	defer a.mtx.Unlock()
+	old := a.cfg
+	a.cfg = cfg
+	if err := a.applyLocked(); err != nil {
+		a.cfg = old
+		if rerr := a.applyLocked(); rerr != nil {
+			a.logger.Error("Cannot restore the previous configuration", "err", rerr)
+		}
+		return err
+	}
+	a.logger.Info("Configuration reloaded", "file", a.file, "jobs", len(cfg.ScrapeConfigs))
+	return nil
+}
+
+// ConfigYAML returns the configuration in use as YAML, secrets hidden,
+// for /api/v1/status/config.
+func (a *Agent) ConfigYAML() string {
+	a.mtx.Lock()
+	defer a.mtx.Unlock()
+	return a.cfg.String()
+}
+
+// watchHealth logs each target's change of health until ctx ends: at WARN
+// when it goes down, with the scrape error, and at INFO when it is back.
+// Prometheus logs each failed scrape at DEBUG only.
+func (a *Agent) watchHealth(ctx context.Context) {
+	type key struct{ job, url string }
+	last := map[key]scrape.TargetHealth{}
+	tick := time.NewTicker(a.healthEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		next := make(map[key]scrape.TargetHealth, len(last))
+		for job, ts := range a.scrape.TargetsActive() {
+			for _, t := range ts {
+				k := key{job, t.URL().String()}
+				h, prev := t.Health(), last[k]
+				switch {
+				case h == scrape.HealthBad && prev != scrape.HealthBad:
+					a.logger.Warn("Target is down", "job", job, "target", k.url, "err", t.LastError())
+				case h == scrape.HealthGood && prev == scrape.HealthBad:
+					a.logger.Info("Target is up again", "job", job, "target", k.url)
+				}
+				if h == scrape.HealthUnknown {
+					h = prev
+				}
+				next[k] = h
+			}
+		}
+		last = next
+	}
 }
 
 // Target is a target the agent scrapes.
