@@ -331,6 +331,7 @@ func start(o *options, logger *slog.Logger) error {
 			return err
 		}
 		ready.add("agent", a.Ready)
+		reloaders.add(func() error { return a.Reload(context.Background()) })
 		life.add("agent", a.Run, nil)
 	}
 
