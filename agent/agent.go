@@ -462,12 +462,12 @@ func (a *Agent) Reload(ctx context.Context) error {
 	return nil
 }
 
-// ConfigYAML returns the configuration in use as YAML, secrets hidden,
-// for /api/v1/status/config.
-func (a *Agent) ConfigYAML() string {
+// Config returns the configuration in use, for /api/v1/status/config
+// (which hides its secrets when it prints it).
+func (a *Agent) Config() config.Config {
 	a.mtx.Lock()
 	defer a.mtx.Unlock()
-	return a.cfg.String()
+	return *a.cfg
 }
 
 // watchHealth logs each target's change of health until ctx ends: at WARN

@@ -124,7 +124,10 @@ func NewAPI(cfg Config, q storage.SampleAndChunkQueryable, build BuildInfo, logg
 
 	started := time.Now()
 	cwd, _ := os.Getwd() // Informational only, as in Prometheus.
-	conf := config.DefaultConfig
+	scrapeConfig := cfg.ScrapeConfig
+	if scrapeConfig == nil {
+		scrapeConfig = func() config.Config { return config.DefaultConfig }
+	}
 	cors := regexp.MustCompile("^(?:.*)$") // Any origin, Prometheus' default.
 	api := v1.NewAPI(
 		engine,
@@ -134,7 +137,7 @@ func NewAPI(cfg Config, q storage.SampleAndChunkQueryable, build BuildInfo, logg
 		func(context.Context) v1.ScrapePoolsRetriever { return emptyTargets{} },
 		func(context.Context) v1.TargetRetriever { return emptyTargets{} },
 		func(context.Context) v1.AlertmanagerRetriever { return emptyAlertmanagers{} },
-		func() config.Config { return conf },
+		scrapeConfig,
 		flags,
 		v1.GlobalURLOptions{},
 		func(f http.HandlerFunc) http.HandlerFunc { return f }, // Readiness is the server's /ready.

@@ -1,6 +1,8 @@
 package querier
 
 import (
+	"github.com/prometheus/prometheus/config"
+
 	"errors"
 	"flag"
 	"time"
@@ -30,6 +32,10 @@ type Config struct {
 	// /api/v1/status/flags shows them. It is not a flag itself: cmd/census
 	// fills it once the flags are parsed. Nil shows none.
 	Flags map[string]string
+	// ScrapeConfig returns the configuration /api/v1/status/config shows:
+	// the agent's, in a process that runs one. Nil shows Prometheus'
+	// default. Like Flags, cmd/census sets it.
+	ScrapeConfig func() config.Config
 }
 
 // RegisterFlags registers the querier's flags, with their defaults, in fs.

@@ -330,6 +330,8 @@ func start(o *options, logger *slog.Logger) error {
 		if err != nil {
 			return err
 		}
+		// /api/v1/status/config shows the scrape configuration in force.
+		o.querier.ScrapeConfig = a.Config
 		ready.add("agent", a.Ready)
 		reloaders.add(func() error { return a.Reload(context.Background()) })
 		life.add("agent", a.Run, nil)

@@ -69,6 +69,11 @@ scrape_configs:
 	writeJob("second")
 	require.Equal(t, http.StatusOK, httpStatus(t, http.MethodPost, "http://"+p.http+"/-/reload"))
 	require.Eventually(t, upFor("second"), 30*time.Second, 250*time.Millisecond)
+	// /api/v1/status/config shows the configuration in force.
+	code, status, err := p.apiGet("/api/v1/status/config", nil)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, code)
+	require.Contains(t, string(status.Data), `job_name: second`)
 
 	// A bad configuration is refused with why, and the old one stays.
 	require.NoError(t, os.WriteFile(cfgFile, []byte("scrape_configs: [{job_name: \"\"}]\n"), 0o644))
