@@ -35,7 +35,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		dropped: f.NewCounter(prometheus.CounterOpts{
 			Name: "census_agent_samples_dropped_total",
-			Help: "Samples never to be sent: refused as invalid or over a limit (see census_discarded_samples_total), or without a series in the WAL.",
+			Help: "Samples never to be sent: refused as invalid or over a limit (see census_distributor_discarded_samples_total), or without a series in the WAL.",
 		}),
 		droppedExemplars: f.NewCounter(prometheus.CounterOpts{
 			Name: "census_agent_exemplars_dropped_total",

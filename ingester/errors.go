@@ -31,57 +31,24 @@ var (
 	errQueryLimit = errors.New("query limit exceeded")
 )
 
-// reason is why a push refused samples: the label value of
-// census_discarded_samples_total and of PushResponse's Rejection.reason.
-type reason int
-
-const (
-	reasonInvalidLabels reason = iota
-	reasonInvalidHistogram
-	reasonOutOfOrder
-	reasonTooOld
-	reasonDuplicateTimestamp
-	reasonMaxLabelsPerSeries
-	reasonLabelNameTooLong
-	reasonLabelValueTooLong
-	reasonMaxSeries
-	reasonMaxSeriesPerMetric
-	numReasons
-)
-
-var reasonNames = [numReasons]string{
-	reasonInvalidLabels:      "invalid_labels",
-	reasonInvalidHistogram:   "invalid_histogram",
-	reasonOutOfOrder:         "out_of_order",
-	reasonTooOld:             "too_old",
-	reasonDuplicateTimestamp: "duplicate_timestamp",
-	reasonMaxLabelsPerSeries: "max_labels_per_series",
-	reasonLabelNameTooLong:   "label_name_too_long",
-	reasonLabelValueTooLong:  "label_value_too_long",
-	reasonMaxSeries:          "max_series",
-	reasonMaxSeriesPerMetric: "max_series_per_metric",
-}
-
-func (r reason) String() string { return reasonNames[r] }
-
 // capacity reports whether r is the ingester running out of room rather
 // than the input being wrong: the same samples may be accepted later, once
 // series have gone from the head. Label limits are input errors: the same
 // series is refused forever, so a sender must not retry it.
-func (r reason) capacity() bool {
-	return r == reasonMaxSeries || r == reasonMaxSeriesPerMetric
+func capacity(r censuspb.Reason) bool {
+	return r == censuspb.ReasonMaxSeries || r == censuspb.ReasonMaxSeriesPerMetric
 }
 
 // pushError reports what a push left out, per reason. Everything else of the
 // push was committed.
 type pushError struct {
-	samples [numReasons]int64
-	series  [numReasons]int // Rejections, to tell a reason with 0 samples from none.
-	first   [numReasons]error
+	samples [censuspb.NumReasons]int64
+	series  [censuspb.NumReasons]int // Rejections, to tell a reason with 0 samples from none.
+	first   [censuspb.NumReasons]error
 }
 
 // reject counts n samples refused for r and keeps the first error of r.
-func (e *pushError) reject(r reason, n int, err error) {
+func (e *pushError) reject(r censuspb.Reason, n int, err error) {
 	e.samples[r] += int64(n)
 	e.series[r]++
 	if e.first[r] == nil {
@@ -91,7 +58,7 @@ func (e *pushError) reject(r reason, n int, err error) {
 
 // err returns e if anything was refused, else nil.
 func (e *pushError) err() error {
-	for r := range numReasons {
+	for r := range censuspb.NumReasons {
 		if e.series[r] > 0 {
 			return e
 		}
@@ -104,7 +71,7 @@ func (e *pushError) Error() string {
 		parts []string
 		total int64
 	)
-	for r := range numReasons {
+	for r := range censuspb.NumReasons {
 		if e.series[r] == 0 {
 			continue
 		}
@@ -127,8 +94,8 @@ func (e *pushError) Unwrap() []error {
 // code is InvalidArgument if any input was wrong, and ResourceExhausted if
 // only capacity limits refused samples.
 func (e *pushError) code() codes.Code {
-	for r := range numReasons {
-		if e.series[r] > 0 && !r.capacity() {
+	for r := range censuspb.NumReasons {
+		if e.series[r] > 0 && !capacity(r) {
 			return codes.InvalidArgument
 		}
 	}
@@ -138,7 +105,7 @@ func (e *pushError) code() codes.Code {
 // response lists the rejections for the status details.
 func (e *pushError) response() *censuspb.PushResponse {
 	resp := &censuspb.PushResponse{}
-	for r := range numReasons {
+	for r := range censuspb.NumReasons {
 		if e.series[r] == 0 {
 			continue
 		}

@@ -17,7 +17,7 @@ import (
 
 func TestToStatus(t *testing.T) {
 	wrap := func(err error) error { return fmt.Errorf("series {a=\"1\"}, timestamp 5: %w", err) }
-	rejected := func(r reason) error {
+	rejected := func(r censuspb.Reason) error {
 		var e pushError
 		e.reject(r, 2, wrap(errors.New("refused")))
 		return &e
@@ -28,9 +28,9 @@ func TestToStatus(t *testing.T) {
 		want codes.Code
 	}{
 		{name: "invalid labels", err: wrap(censuspb.ErrInvalidLabels), want: codes.InvalidArgument},
-		{name: "push with a time rule rejection", err: rejected(reasonOutOfOrder), want: codes.InvalidArgument},
-		{name: "push with a label limit rejection", err: rejected(reasonLabelValueTooLong), want: codes.InvalidArgument},
-		{name: "push with a series limit rejection", err: rejected(reasonMaxSeries), want: codes.ResourceExhausted},
+		{name: "push with a time rule rejection", err: rejected(censuspb.ReasonOutOfOrder), want: codes.InvalidArgument},
+		{name: "push with a label limit rejection", err: rejected(censuspb.ReasonLabelValueTooLong), want: codes.InvalidArgument},
+		{name: "push with a series limit rejection", err: rejected(censuspb.ReasonMaxSeries), want: codes.ResourceExhausted},
 		{name: "invalid matchers", err: fmt.Errorf("%w: bad regexp", errInvalidMatchers), want: codes.InvalidArgument},
 		{name: "invalid limit", err: fmt.Errorf("%w: -1", errInvalidLimit), want: codes.InvalidArgument},
 		{name: "query limit", err: fmt.Errorf("%w: too many series", errQueryLimit), want: codes.ResourceExhausted},
@@ -56,13 +56,13 @@ func TestPushError(t *testing.T) {
 	var e pushError
 	require.NoError(t, e.err())
 
-	e.reject(reasonMaxSeries, 3, errors.New("first over the limit"))
-	e.reject(reasonMaxSeries, 2, errors.New("second over the limit"))
+	e.reject(censuspb.ReasonMaxSeries, 3, errors.New("first over the limit"))
+	e.reject(censuspb.ReasonMaxSeries, 2, errors.New("second over the limit"))
 	require.Equal(t, codes.ResourceExhausted, e.code(), "only a capacity limit")
-	e.reject(reasonOutOfOrder, 1, fmt.Errorf("timestamp 5: %w", storage.ErrOutOfOrderSample))
-	e.reject(reasonInvalidLabels, 0, errors.New("no samples, bad labels"))
+	e.reject(censuspb.ReasonOutOfOrder, 1, fmt.Errorf("timestamp 5: %w", storage.ErrOutOfOrderSample))
+	e.reject(censuspb.ReasonInvalidLabel, 0, errors.New("no samples, bad labels"))
 	err := e.err()
-	require.EqualError(t, err, "rejected 6 samples: 0 invalid_labels, first: no samples, bad labels; "+
+	require.EqualError(t, err, "rejected 6 samples: 0 invalid_label, first: no samples, bad labels; "+
 		"1 out_of_order, first: timestamp 5: out of order sample; 5 max_series, first: first over the limit")
 	require.ErrorIs(t, err, storage.ErrOutOfOrderSample)
 	require.Equal(t, codes.InvalidArgument, e.code(), "bad input wins over limits")
@@ -73,7 +73,7 @@ func TestPushError(t *testing.T) {
 	got, ok := st.Details()[0].(*censuspb.PushResponse)
 	require.True(t, ok, "details are %T", st.Details()[0])
 	want := &censuspb.PushResponse{Rejections: []*censuspb.Rejection{
-		{Reason: "invalid_labels", Samples: 0, FirstError: "no samples, bad labels"},
+		{Reason: "invalid_label", Samples: 0, FirstError: "no samples, bad labels"},
 		{Reason: "out_of_order", Samples: 1, FirstError: "timestamp 5: out of order sample"},
 		{Reason: "max_series", Samples: 5, FirstError: "first over the limit"},
 	}}

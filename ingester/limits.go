@@ -14,6 +14,8 @@ import (
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/tsdb"
 	"github.com/prometheus/prometheus/tsdb/chunks"
+
+	censuspb "github.com/census-metrics/census/proto"
 )
 
 const (
@@ -98,7 +100,7 @@ func physicalMemory() (uint64, bool) {
 // limitError is a series refused by a limit. It names the limit, its value
 // and the series.
 type limitError struct {
-	reason reason
+	reason censuspb.Reason
 	msg    string
 }
 
@@ -142,7 +144,7 @@ func (l *limiter) PreCreation(ls labels.Labels) error {
 	}
 	if l.maxLabels > 0 {
 		if n := ls.Len(); n > l.maxLabels {
-			return &limitError{reason: reasonMaxLabelsPerSeries, msg: fmt.Sprintf(
+			return &limitError{reason: censuspb.ReasonMaxLabelNamesPerSeries, msg: fmt.Sprintf(
 				"series %s has %d labels, more than the limit of %d (--ingester.max-labels-per-series)",
 				formatSeries(ls), n, l.maxLabels)}
 		}
@@ -153,11 +155,11 @@ func (l *limiter) PreCreation(ls labels.Labels) error {
 			switch {
 			case err != nil:
 			case l.maxNameLength > 0 && len(lb.Name) > l.maxNameLength:
-				err = &limitError{reason: reasonLabelNameTooLong, msg: fmt.Sprintf(
+				err = &limitError{reason: censuspb.ReasonLabelNameTooLong, msg: fmt.Sprintf(
 					"label name %s of series %s is %d bytes long, more than the limit of %d (--ingester.max-label-name-length)",
 					strconv.Quote(shorten(lb.Name)), formatSeries(ls), len(lb.Name), l.maxNameLength)}
 			case l.maxValueLength > 0 && len(lb.Value) > l.maxValueLength:
-				err = &limitError{reason: reasonLabelValueTooLong, msg: fmt.Sprintf(
+				err = &limitError{reason: censuspb.ReasonLabelValueTooLong, msg: fmt.Sprintf(
 					"value of label %q of series %s is %d bytes long, more than the limit of %d (--ingester.max-label-value-length)",
 					lb.Name, formatSeries(ls), len(lb.Value), l.maxValueLength)}
 			}
@@ -167,7 +169,7 @@ func (l *limiter) PreCreation(ls labels.Labels) error {
 		}
 	}
 	if n := l.series.Load(); n >= int64(l.maxSeries) {
-		return &limitError{reason: reasonMaxSeries, msg: fmt.Sprintf(
+		return &limitError{reason: censuspb.ReasonMaxSeries, msg: fmt.Sprintf(
 			"series %s would exceed the limit of %d series in this ingester (--ingester.max-series)",
 			formatSeries(ls), l.maxSeries)}
 	}
@@ -176,7 +178,7 @@ func (l *limiter) PreCreation(ls labels.Labels) error {
 	n := l.perMetric[name]
 	l.mtx.Unlock()
 	if n >= l.maxSeriesPerMetric {
-		return &limitError{reason: reasonMaxSeriesPerMetric, msg: fmt.Sprintf(
+		return &limitError{reason: censuspb.ReasonMaxSeriesPerMetric, msg: fmt.Sprintf(
 			"series %s would exceed the limit of %d series of metric %q in this ingester (--ingester.max-series-per-metric)",
 			formatSeries(ls), l.maxSeriesPerMetric, name)}
 	}

@@ -4,6 +4,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 	"github.com/prometheus/prometheus/tsdb"
+
+	censuspb "github.com/census-metrics/census/proto"
 )
 
 // metrics are the ingester's own; the TSDB registers its prometheus_tsdb_*
@@ -47,7 +49,7 @@ func newMetrics(reg prometheus.Registerer, db func() *tsdb.DB) *metrics {
 			Help: "Samples (floats and native histograms) committed to the TSDB by pushes.",
 		}),
 		discardedSamples: f.NewCounterVec(prometheus.CounterOpts{
-			Name: "census_discarded_samples_total",
+			Name: "census_ingester_discarded_samples_total",
 			Help: "Samples a push refused, by reason: the rule or limit that refused them.",
 		}, []string{"reason"}),
 		discardedExemplars: f.NewCounterVec(prometheus.CounterOpts{
@@ -78,7 +80,7 @@ func newMetrics(reg prometheus.Registerer, db func() *tsdb.DB) *metrics {
 	}
 	// Every reason exists from the start, so a rate over it never misses
 	// the first discard.
-	for r := range numReasons {
+	for r := range censuspb.NumReasons {
 		m.discardedSamples.WithLabelValues(r.String())
 	}
 	return m

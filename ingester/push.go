@@ -83,7 +83,7 @@ func (i *Ingester) pushWith(ctx context.Context, each func(st *pushState) error)
 	}
 
 	i.metrics.samplesAppended.Add(float64(st.appended))
-	for r := range numReasons {
+	for r := range censuspb.NumReasons {
 		if n := st.rej.samples[r]; n > 0 {
 			i.metrics.discardedSamples.WithLabelValues(r.String()).Add(float64(n))
 		}
@@ -183,7 +183,7 @@ func (i *Ingester) putPushState(st *pushState) {
 func (st *pushState) add(ts *censuspb.TimeSeries) error {
 	ls, err := censuspb.ToLabels(&st.builder, ts.GetLabels())
 	if err != nil {
-		st.rej.reject(reasonInvalidLabels, len(ts.GetSamples())+len(ts.GetHistograms()), err)
+		st.rej.reject(censuspb.ReasonInvalidLabel, len(ts.GetSamples())+len(ts.GetHistograms()), err)
 		return nil
 	}
 	return st.appendSeries(ls, ts)
@@ -220,7 +220,7 @@ func (st *pushState) appendSeries(ls labels.Labels, ts *censuspb.TimeSeries) err
 				err = cur.h.Validate()
 			}
 			if err != nil {
-				st.rej.reject(reasonInvalidHistogram, 1, fmt.Errorf("series %s, timestamp %d: invalid native histogram: %w", formatSeries(ls), cur.t, err))
+				st.rej.reject(censuspb.ReasonInvalidHistogram, 1, fmt.Errorf("series %s, timestamp %d: invalid native histogram: %w", formatSeries(ls), cur.t, err))
 				continue
 			}
 		}
@@ -247,7 +247,7 @@ func (st *pushState) appendSeries(ls labels.Labels, ts *censuspb.TimeSeries) err
 			case errors.Is(err, tsdb.ErrInvalidSample):
 				// The TSDB drops labels with empty values; a series of only
 				// those has no labels left. Nothing of it was appended.
-				st.rej.reject(reasonInvalidLabels, remaining, fmt.Errorf("series %s: %w", formatSeries(ls), err))
+				st.rej.reject(censuspb.ReasonInvalidLabel, remaining, fmt.Errorf("series %s: %w", formatSeries(ls), err))
 				return nil
 			case isSampleError(err):
 				st.rejectSample(ls, cur.t, err)
@@ -323,19 +323,19 @@ func (st *pushState) follows(prev, cur sample) error {
 // names the rule, the window and the series.
 func (st *pushState) rejectSample(ls labels.Labels, t int64, err error) {
 	var (
-		r    reason
+		r    censuspb.Reason
 		rule string
 	)
 	window := time.Duration(st.oooWindow) * time.Millisecond
 	switch {
 	case errors.Is(err, storage.ErrOutOfOrderSample):
-		r, rule = reasonOutOfOrder, fmt.Sprintf("older than the newest sample of its series, and --storage.out-of-order-window is %s", window)
+		r, rule = censuspb.ReasonOutOfOrder, fmt.Sprintf("older than the newest sample of its series, and --storage.out-of-order-window is %s", window)
 	case errors.Is(err, storage.ErrTooOldSample):
-		r, rule = reasonTooOld, fmt.Sprintf("more than --storage.out-of-order-window=%s behind the newest sample of this ingester", window)
+		r, rule = censuspb.ReasonTooOldForOutOfOrderWindow, fmt.Sprintf("more than --storage.out-of-order-window=%s behind the newest sample of this ingester", window)
 	case errors.Is(err, storage.ErrOutOfBounds):
-		r, rule = reasonTooOld, "older than the oldest time the TSDB head still takes (the head's start, about an hour behind its newest sample)"
+		r, rule = censuspb.ReasonOutOfBounds, "older than the oldest time the TSDB head still takes (the head's start, about an hour behind its newest sample)"
 	default:
-		r, rule = reasonDuplicateTimestamp, "a series has one value per timestamp"
+		r, rule = censuspb.ReasonDuplicateTimestamp, "a series has one value per timestamp"
 	}
 	st.rej.reject(r, 1, fmt.Errorf("series %s, timestamp %d: %w: %s", formatSeries(ls), t, err, rule))
 }

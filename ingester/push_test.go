@@ -45,19 +45,16 @@ func requireRejected(t testing.TB, err error, code codes.Code, want ...rejection
 	}
 }
 
-// requireDiscarded checks census_discarded_samples_total: want by reason,
+// requireDiscarded checks census_ingester_discarded_samples_total: want by reason,
 // every other reason 0.
 func requireDiscarded(t testing.TB, ti *testIngester, want map[string]int) {
 	t.Helper()
 	var sb strings.Builder
-	sb.WriteString("# HELP census_discarded_samples_total Samples a push refused, by reason: the rule or limit that refused them.\n# TYPE census_discarded_samples_total counter\n")
-	for _, r := range []string{
-		"duplicate_timestamp", "invalid_histogram", "invalid_labels", "label_name_too_long", "label_value_too_long",
-		"max_labels_per_series", "max_series", "max_series_per_metric", "out_of_order", "too_old",
-	} {
-		fmt.Fprintf(&sb, "census_discarded_samples_total{reason=%q} %d\n", r, want[r])
+	sb.WriteString("# HELP census_ingester_discarded_samples_total Samples a push refused, by reason: the rule or limit that refused them.\n# TYPE census_ingester_discarded_samples_total counter\n")
+	for r := range censuspb.NumReasons {
+		fmt.Fprintf(&sb, "census_ingester_discarded_samples_total{reason=%q} %d\n", r, want[r.String()])
 	}
-	require.NoError(t, testutil.GatherAndCompare(ti.reg, strings.NewReader(sb.String()), "census_discarded_samples_total"))
+	require.NoError(t, testutil.GatherAndCompare(ti.reg, strings.NewReader(sb.String()), "census_ingester_discarded_samples_total"))
 }
 
 // storedSamples returns the float samples of the series named name.
@@ -97,7 +94,7 @@ func TestIngester_PushInvalidLabels(t *testing.T) {
 			if want == "" {
 				want = censuspb.FormatLabelPairs(tc.bad)
 			}
-			requireRejected(t, err, codes.InvalidArgument, rejection{"invalid_labels", 2, want})
+			requireRejected(t, err, codes.InvalidArgument, rejection{"invalid_label", 2, want})
 
 			// Only the good series of the push was stored.
 			resp, err := ti.client.Series(context.Background(), &censuspb.SeriesRequest{
@@ -115,7 +112,7 @@ func TestIngester_PushInvalidLabels(t *testing.T) {
 # TYPE census_ingester_head_series gauge
 census_ingester_head_series %d
 `, len(cases))), "census_ingester_head_series"))
-	requireDiscarded(t, ti, map[string]int{"invalid_labels": 2 * len(cases)})
+	requireDiscarded(t, ti, map[string]int{"invalid_label": 2 * len(cases)})
 }
 
 // TestIngester_TimeRules pushes, after a first successful push, a series s
@@ -188,7 +185,7 @@ func TestIngester_TimeRules(t *testing.T) {
 			name:     "too old for the head",
 			before:   []*censuspb.TimeSeries{series(s, at(10*hour)...)},
 			push:     []*censuspb.TimeSeries{series(s, at(0, 10*hour+1000)...)},
-			rejected: []rejection{{"too_old", 1, "timestamp 0: out of bounds: older than the oldest time the TSDB head still takes"}},
+			rejected: []rejection{{"out_of_bounds", 1, "timestamp 0: out of bounds: older than the oldest time the TSDB head still takes"}},
 			want:     at(10*hour, 10*hour+1000),
 		},
 		{
@@ -203,7 +200,7 @@ func TestIngester_TimeRules(t *testing.T) {
 			window:   10 * time.Minute,
 			before:   []*censuspb.TimeSeries{series(s, at(hour)...)},
 			push:     []*censuspb.TimeSeries{series(s, at(hour-11*60_000, hour-60_000, hour+1000)...)},
-			rejected: []rejection{{"too_old", 1, fmt.Sprintf("timestamp %d: too old sample: more than --storage.out-of-order-window=10m0s behind the newest sample of this ingester", hour-11*60_000)}},
+			rejected: []rejection{{"too_old_for_out_of_order_window", 1, fmt.Sprintf("timestamp %d: too old sample: more than --storage.out-of-order-window=10m0s behind the newest sample of this ingester", hour-11*60_000)}},
 			want:     at(hour-60_000, hour, hour+1000),
 		},
 		{
@@ -211,7 +208,7 @@ func TestIngester_TimeRules(t *testing.T) {
 			window:   10 * time.Minute,
 			before:   []*censuspb.TimeSeries{series(s, at(hour)...)},
 			push:     []*censuspb.TimeSeries{series(s, at(hour+1000)...), series(s, at(hour-20*60_000, hour-1000)...)},
-			rejected: []rejection{{"too_old", 1, "too old sample"}},
+			rejected: []rejection{{"too_old_for_out_of_order_window", 1, "too old sample"}},
 			want:     at(hour-1000, hour, hour+1000),
 		},
 		{
@@ -223,9 +220,9 @@ func TestIngester_TimeRules(t *testing.T) {
 				series(pairs("__name__", strings.Repeat("n", 5000)), at(1, 2)...),
 			},
 			rejected: []rejection{
-				{"invalid_labels", 1, "invalid labels: series has no labels"},
-				{"out_of_order", 1, "timestamp 50"},
+				{"invalid_label", 1, "invalid labels: series has no labels"},
 				{"label_value_too_long", 2, "more than the limit of 4096 (--ingester.max-label-value-length)"},
+				{"out_of_order", 1, "timestamp 50"},
 			},
 			want: at(100, 200, 300),
 		},
@@ -300,7 +297,7 @@ func TestIngester_Limits(t *testing.T) {
 			limits: func(l *ingester.Limits) { l.MaxLabelsPerSeries = 9 },
 			bad:    series(pairs(many...), sample{T: 1000, V: 1}),
 			code:   codes.InvalidArgument,
-			want:   rejection{"max_labels_per_series", 1, `series {__name__="wide", l0="v", l1="v", l2="v", l3="v", l4="v", l5="v", l6="v", l7="v", l8="v"} has 10 labels, more than the limit of 9 (--ingester.max-labels-per-series)`},
+			want:   rejection{"max_label_names_per_series", 1, `series {__name__="wide", l0="v", l1="v", l2="v", l3="v", l4="v", l5="v", l6="v", l7="v", l8="v"} has 10 labels, more than the limit of 9 (--ingester.max-labels-per-series)`},
 		},
 		{
 			name:   "max label name length",

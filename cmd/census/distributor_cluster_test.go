@@ -161,7 +161,7 @@ func TestCluster_AllInOneReceivesRemoteWrite(t *testing.T) {
 	require.Equal(t, map[string]float64{"push": 42}, got)
 	// Each component counts its own refusals, on its own counter.
 	metrics := fetch(t, "http://"+p.http+"/metrics")
-	require.Contains(t, metrics, `census_discarded_samples_total{reason="out_of_order"} 0`)
+	require.Contains(t, metrics, `census_ingester_discarded_samples_total{reason="out_of_order"} 0`)
 	require.Contains(t, metrics, `census_distributor_discarded_samples_total{reason="max_label_names_per_series"} 0`)
 	require.NoError(t, p.stop(30*time.Second))
 }
