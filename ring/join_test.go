@@ -48,9 +48,7 @@ func TestRing_SimultaneousStartsBalance(t *testing.T) {
 	}
 }
 
-func tokensPath(dir string, i int) string {
-	return filepath.Join(dir, fmt.Sprintf("ingester-%02d", i), "tokens")
-}
+func tokensPath(dir string, i int) string { return filepath.Join(dir, fmt.Sprintf("ingester-%02d", i), "tokens") }
 
 // prepareTokensFiles leaves the tokens files of the previous round in dir
 // as they are ("restart"), removes them ("fresh"), or keeps every other one
