@@ -91,6 +91,7 @@ type Ring struct {
 	joined  atomic.Bool // the join succeeded (or there was nobody to join)
 	stopped atomic.Bool // Run shut memberlist down
 
+
 	hooks testHooks
 }
 
@@ -267,6 +268,7 @@ func (r *Ring) ReplicationFactor() int { return r.cfg.ReplicationFactor }
 func (r *Ring) ZoneAwareReads() bool {
 	return r.snap.Load().zoneAware(r.cfg.ReplicationFactor)
 }
+
 
 // rebuildLocked swaps in a snapshot of desc. The caller holds descMtx.
 func (r *Ring) rebuildLocked() {
