@@ -371,7 +371,7 @@ census_ring_members{state="UNHEALTHY"} 1
 	now = now.Add(time.Second)
 	r.tick()
 	require.Equal(t, int64(1_001_000), entry(t, r, "self").Heartbeat, "paused heartbeats")
-	r.hooks.heartbeatsPaused.Store(false)
+	r.heartbeatsPaused.Store(false)
 
 	r.leave()
 	self = entry(t, r, "self")
