@@ -149,7 +149,7 @@ func statusCode(err error) codes.Code {
 	case errors.As(err, &pe):
 		return pe.code()
 	case errors.Is(err, censuspb.ErrInvalidLabels),
-		errors.Is(err, errMalformed),
+		errors.Is(err, censuspb.ErrMalformedPush),
 		errors.Is(err, errInvalidMatchers),
 		errors.Is(err, errInvalidLimit):
 		return codes.InvalidArgument

@@ -123,8 +123,8 @@ type pushState struct {
 	rej                pushError
 	exemplarBuf        []exemplar.Exemplar
 	exemplarsDiscarded map[string]int
-	meta               []familyMetadata // Metadata seen, for i.metadata.
-	wire               wireSeries       // The series being decoded, for RegisterServer's Push.
+	meta               []familyMetadata     // Metadata seen, for i.metadata.
+	wire               censuspb.PushDecoder // The series being decoded, for RegisterServer's Push.
 }
 
 // sample is one float or native histogram sample.
@@ -174,7 +174,7 @@ func (i *Ingester) putPushState(st *pushState) {
 	clear(st.exemplarsDiscarded)
 	clear(st.meta)
 	st.meta = st.meta[:0]
-	st.wire.reset()
+	st.wire.Reset()
 	i.pushStates.Put(st)
 }
 

@@ -80,6 +80,18 @@ func TestEncode(t *testing.T) {
 			marshalled, err := proto.MarshalOptions{Deterministic: true}.Marshal(wantReq)
 			require.NoError(t, err)
 			require.Equal(t, marshalled, req)
+
+			// The push decoder reads the same series back, twice, into
+			// the messages it reuses. (Compared in place: proto.Clone
+			// would drop a -0 value.)
+			var dec PushDecoder
+			n := 0
+			require.NoError(t, dec.Decode(req, func(ts *TimeSeries) error {
+				n++
+				require.True(t, proto.Equal(want, ts), "push decoder read %v, want %v", ts, want)
+				return nil
+			}))
+			require.Equal(t, 2, n)
 		})
 	}
 }
