@@ -197,11 +197,7 @@ func (f *failures) warnings() annotations.Annotations {
 // because the ring reports them unhealthy.
 func (q *Queryable) instances() (asked, unhealthy []ring.InstanceDesc) {
 	asked = q.ring.ReadInstances()
-	all, ok := q.ring.(interface{ Instances() []ring.InstanceDesc })
-	if !ok {
-		return asked, nil
-	}
-	for _, inst := range all.Instances() {
+	for _, inst := range q.ring.Instances() {
 		// A LEFT instance is a tombstone: it holds nothing. Any other
 		// state may hold data a read needs.
 		if inst.State == ring.LEFT {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"slices"
 	"sync/atomic"
 	"testing"
 
@@ -289,24 +290,20 @@ func startIngester(t testing.TB, id string, db *tsdb.DB) *ingesterProc {
 	return &ingesterProc{testIngester: ing, desc: ring.InstanceDesc{ID: id, Addr: lis.Addr().String()}, srv: srv}
 }
 
-// fakeRing is a ring of fixed instances.
+// fakeRing is a ring of fixed instances: ReadInstances returns instances,
+// the healthy ones, and Instances also those in unhealthy, whose heartbeat
+// is stale, as *ring.Ring's Instances does.
 type fakeRing struct {
 	instances []ring.InstanceDesc
+	unhealthy []ring.InstanceDesc
 	rf        int
 }
 
 func (r *fakeRing) ReadInstances() []ring.InstanceDesc { return r.instances }
 func (r *fakeRing) ReplicationFactor() int             { return r.rf }
 
-// fakeRingWithUnhealthy is a fakeRing that also lists instances whose
-// heartbeat is stale, as *ring.Ring's Instances does.
-type fakeRingWithUnhealthy struct {
-	fakeRing
-	unhealthy []ring.InstanceDesc
-}
-
-func (r *fakeRingWithUnhealthy) Instances() []ring.InstanceDesc {
-	return append(append([]ring.InstanceDesc{}, r.instances...), r.unhealthy...)
+func (r *fakeRing) Instances() []ring.InstanceDesc {
+	return slices.Concat(r.instances, r.unhealthy)
 }
 
 // newTestDB returns an empty TSDB that is closed when the test ends.

@@ -24,13 +24,15 @@ import (
 // errClosed is returned by the reads of a closed querier.
 var errClosed = errors.New("querier is closed")
 
-// Ring is what the querier needs of the ring. When it also has the method
-// Instances() []ring.InstanceDesc (as *ring.Ring has), ACTIVE or LEAVING
-// instances that ReadInstances leaves out for a stale heartbeat count as
-// failed ingesters, so that their missing replicas are noticed.
+// Ring is what the querier needs of the ring; *ring.Ring implements it.
 type Ring interface {
 	// ReadInstances returns every healthy instance that may hold data.
 	ReadInstances() []ring.InstanceDesc
+	// Instances returns every known instance, healthy or not, including
+	// LEFT tombstones. Those that are not LEFT and that ReadInstances
+	// leaves out for a stale heartbeat count as failed ingesters, so
+	// that their missing replicas are noticed.
+	Instances() []ring.InstanceDesc
 	// ReplicationFactor is the number of ingesters that hold each series.
 	ReplicationFactor() int
 }

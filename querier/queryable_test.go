@@ -639,7 +639,7 @@ func TestQueryable_UnhealthyInstancesCountAsFailed(t *testing.T) {
 	// replicas are missing, so it counts against the replication factor.
 	stale := ring.InstanceDesc{ID: "ingester-stale", Addr: "127.0.0.1:1", State: ring.ACTIVE}
 	left := ring.InstanceDesc{ID: "ingester-left", Addr: "127.0.0.1:2", State: ring.LEFT}
-	r := &fakeRingWithUnhealthy{fakeRing: *c.ring, unhealthy: []ring.InstanceDesc{stale, left}}
+	r := &fakeRing{instances: c.ring.instances, unhealthy: []ring.InstanceDesc{stale, left}, rf: c.ring.rf}
 	pool := censuspb.NewClientPool()
 	t.Cleanup(func() { require.NoError(t, pool.Close()) })
 	queryable := querier.NewQueryable(r, pool, nil, nil)
