@@ -6,8 +6,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -25,11 +23,10 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/census-metrics/census/agent"
+	"github.com/census-metrics/census/agent/kubetest"
 )
 
 // operatorCRD is a CustomResourceDefinition of the Prometheus Operator's
@@ -53,47 +50,25 @@ func operatorCRD(kind, plural string) *apiextensionsv1.CustomResourceDefinition 
 	}
 }
 
-// apiServer is a real kube-apiserver with etcd, started by
-// controller-runtime's envtest from KUBEBUILDER_ASSETS (see
-// scripts/kube-test-assets.sh).
+// apiServer is a real kube-apiserver with etcd that serves the
+// Prometheus Operator's monitor kinds.
 type apiServer struct {
-	kubeconfig string
-	client     kubernetes.Interface
-	dynamic    dynamic.Interface
+	*kubetest.Server
+	dynamic dynamic.Interface
 }
 
 func startAPIServer(t *testing.T) *apiServer {
 	t.Helper()
-	assets := os.Getenv("KUBEBUILDER_ASSETS")
-	if assets == "" {
-		if os.Getenv("CI") != "" {
-			t.Fatal("KUBEBUILDER_ASSETS is not set: `make test` sets it from scripts/kube-test-assets.sh")
-		}
-		t.Skip("KUBEBUILDER_ASSETS is not set; run: KUBEBUILDER_ASSETS=$(scripts/kube-test-assets.sh) go test ./agent")
-	}
-	env := &envtest.Environment{
-		BinaryAssetsDirectory: assets,
-		CRDs:                  []*apiextensionsv1.CustomResourceDefinition{operatorCRD("ServiceMonitor", "servicemonitors"), operatorCRD("PodMonitor", "podmonitors")},
-	}
-	restCfg, err := env.Start()
-	require.NoError(t, err)
-	t.Cleanup(func() { require.NoError(t, env.Stop()) })
-	user, err := env.AddUser(envtest.User{Name: "census-agent", Groups: []string{"system:masters"}}, nil)
-	require.NoError(t, err)
-	kc, err := user.KubeConfig()
-	require.NoError(t, err)
-	s := &apiServer{kubeconfig: filepath.Join(t.TempDir(), "kubeconfig")}
-	require.NoError(t, os.WriteFile(s.kubeconfig, kc, 0o600))
-	s.client, err = kubernetes.NewForConfig(restCfg)
-	require.NoError(t, err)
-	s.dynamic, err = dynamic.NewForConfig(restCfg)
+	s := &apiServer{Server: kubetest.Start(t, operatorCRD("ServiceMonitor", "servicemonitors"), operatorCRD("PodMonitor", "podmonitors"))}
+	var err error
+	s.dynamic, err = dynamic.NewForConfig(s.Config)
 	require.NoError(t, err)
 	return s
 }
 
 func (s *apiServer) createNode(t *testing.T, name string) {
 	t.Helper()
-	_, err := s.client.CoreV1().Nodes().Create(context.Background(), &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
+	_, err := s.Client.CoreV1().Nodes().Create(context.Background(), &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
 	require.NoError(t, err)
 }
 
@@ -113,7 +88,7 @@ func (s *apiServer) createPod(t *testing.T, name, node string, port int, podLabe
 			}},
 		},
 	}
-	created, err := s.client.CoreV1().Pods("default").Create(ctx, pod, metav1.CreateOptions{})
+	created, err := s.Client.CoreV1().Pods("default").Create(ctx, pod, metav1.CreateOptions{})
 	require.NoError(t, err)
 	created.Status = corev1.PodStatus{
 		Phase:      corev1.PodRunning,
@@ -122,7 +97,7 @@ func (s *apiServer) createPod(t *testing.T, name, node string, port int, podLabe
 		HostIP:     "127.0.0.1",
 		Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}},
 	}
-	_, err = s.client.CoreV1().Pods("default").UpdateStatus(ctx, created, metav1.UpdateOptions{})
+	_, err = s.Client.CoreV1().Pods("default").UpdateStatus(ctx, created, metav1.UpdateOptions{})
 	require.NoError(t, err)
 }
 
@@ -178,10 +153,10 @@ func metricsServer(t *testing.T, pod string) int {
 // configuration, scraping every second, into its own TSDB.
 func runKubeAgent(t *testing.T, api *apiServer, node string) (*agent.Agent, *teststorage.TestStorage) {
 	t.Helper()
-	cfg, err := agent.ParseScrapeConfig(agent.DefaultKubernetesConfig(api.kubeconfig, node, time.Second), nil)
+	cfg, err := agent.ParseScrapeConfig(agent.DefaultKubernetesConfig(api.Kubeconfig, node, time.Second), nil)
 	require.NoError(t, err)
 	db := teststorage.New(t)
-	a, err := agent.New(agent.Config{WALPath: t.TempDir(), WALRetention: 2 * time.Hour, ScrapeInterval: time.Second, NodeName: node, Kubeconfig: api.kubeconfig}, cfg, db, nil, prometheus.NewPedanticRegistry())
+	a, err := agent.New(agent.Config{WALPath: t.TempDir(), WALRetention: 2 * time.Hour, ScrapeInterval: time.Second, NodeName: node, Kubeconfig: api.Kubeconfig}, cfg, db, nil, prometheus.NewPedanticRegistry())
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -233,10 +208,10 @@ func TestAgent_Kubernetes(t *testing.T) {
 	}
 	// Fix the annotations' port: each pod has its own server.
 	for _, name := range []string{"web-a1", "web-a2", "web-b1"} {
-		pod, err := api.client.CoreV1().Pods("default").Get(context.Background(), name, metav1.GetOptions{})
+		pod, err := api.Client.CoreV1().Pods("default").Get(context.Background(), name, metav1.GetOptions{})
 		require.NoError(t, err)
 		pod.Annotations["prometheus.io/port"] = strconv.Itoa(int(pod.Spec.Containers[0].Ports[0].ContainerPort))
-		_, err = api.client.CoreV1().Pods("default").Update(context.Background(), pod, metav1.UpdateOptions{})
+		_, err = api.Client.CoreV1().Pods("default").Update(context.Background(), pod, metav1.UpdateOptions{})
 		require.NoError(t, err)
 	}
 	// Not annotated: scraped only once a PodMonitor selects it.
@@ -301,14 +276,14 @@ func TestAgent_Kubernetes(t *testing.T) {
 
 	t.Run("a ServiceMonitor added, changed and deleted", func(t *testing.T) {
 		ctx := context.Background()
-		_, err := api.client.CoreV1().Services("default").Create(ctx, &corev1.Service{
+		_, err := api.Client.CoreV1().Services("default").Create(ctx, &corev1.Service{
 			ObjectMeta: metav1.ObjectMeta{Name: "api", Namespace: "default", Labels: map[string]string{"app": "api", "team": "core"}},
 			Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "web", Port: 8080}}},
 		}, metav1.CreateOptions{})
 		require.NoError(t, err)
 		// EndpointSlices refuse loopback addresses: these endpoints are
 		// discovered and their targets listed, never reached.
-		_, err = api.client.DiscoveryV1().EndpointSlices("default").Create(ctx, &discoveryv1.EndpointSlice{
+		_, err = api.Client.DiscoveryV1().EndpointSlices("default").Create(ctx, &discoveryv1.EndpointSlice{
 			ObjectMeta:  metav1.ObjectMeta{Name: "api-1", Namespace: "default", Labels: map[string]string{discoveryv1.LabelServiceName: "api"}},
 			AddressType: discoveryv1.AddressTypeIPv4,
 			Endpoints: []discoveryv1.Endpoint{
