@@ -81,9 +81,10 @@ func (c *Config) Validate() error {
 }
 
 // Limits bound what one ingester takes: series limits stop a cardinality
-// explosion before the process runs out of memory, label limits refuse
-// series no sane exporter produces, and query limits stop one query from
-// reading the whole store. Every limit is enforced per ingester.
+// explosion before the process runs out of memory. Every limit is enforced
+// per ingester. The label limits are the distributor's, and the per-query
+// limits the querier's, which sends them with each query
+// (QueryStreamRequest.max_series): each has one owner and one flag.
 type Limits struct {
 	// MaxSeries is the most series the TSDB head may hold; 0 derives it from
 	// the memory available to the process (see deriveMaxSeries).
@@ -91,15 +92,6 @@ type Limits struct {
 	// MaxSeriesPerMetric is the most head series of one metric name; 0
 	// makes it a fifth of MaxSeries.
 	MaxSeriesPerMetric int
-	// MaxLabelsPerSeries, MaxLabelNameLength and MaxLabelValueLength bound
-	// the labels of a new series; 0 means no limit.
-	MaxLabelsPerSeries  int
-	MaxLabelNameLength  int
-	MaxLabelValueLength int
-	// MaxQuerySeries and MaxQueryChunks bound what one QueryStream (and
-	// Series call) reads; 0 means no limit.
-	MaxQuerySeries int
-	MaxQueryChunks int
 	// MaxRequestBytes is the largest push message the gRPC server accepts.
 	// cmd/census passes it to grpc.MaxRecvMsgSize; it cannot exceed
 	// censuspb.MaxMessageSize, the most any Census client sends.
@@ -110,11 +102,6 @@ type Limits struct {
 func (l *Limits) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&l.MaxSeries, "ingester.max-series", 0, "Most series this ingester holds in memory; a push creating more is refused with ResourceExhausted. 0 derives it from the memory limit of the process (GOMEMLIMIT, else the cgroup limit, else physical memory): half of it at 8KiB per series.")
 	fs.IntVar(&l.MaxSeriesPerMetric, "ingester.max-series-per-metric", 0, "Most series of one metric name in this ingester. 0 means a fifth of --ingester.max-series.")
-	fs.IntVar(&l.MaxLabelsPerSeries, "ingester.max-labels-per-series", 64, "Most labels of a new series, __name__ included. 0 means no limit.")
-	fs.IntVar(&l.MaxLabelNameLength, "ingester.max-label-name-length", 1024, "Longest label name of a new series, in bytes. 0 means no limit.")
-	fs.IntVar(&l.MaxLabelValueLength, "ingester.max-label-value-length", 4096, "Longest label value of a new series, in bytes. 0 means no limit.")
-	fs.IntVar(&l.MaxQuerySeries, "ingester.max-query-series", 1_000_000, "Most series one query may read from this ingester. 0 means no limit.")
-	fs.IntVar(&l.MaxQueryChunks, "ingester.max-query-chunks", 4_000_000, "Most chunks (about 120 samples each) one query may read from this ingester. 0 means no limit.")
 	l.MaxRequestBytes = censuspb.MaxMessageSize
 	fs.Var(&l.MaxRequestBytes, "ingester.max-request-bytes", "Largest push request this ingester accepts, e.g. 16MB; larger ones fail with ResourceExhausted. At most 64MB, the largest message Census clients send.")
 }
@@ -127,11 +114,6 @@ func (l *Limits) Validate() error {
 	}{
 		{"--ingester.max-series", l.MaxSeries},
 		{"--ingester.max-series-per-metric", l.MaxSeriesPerMetric},
-		{"--ingester.max-labels-per-series", l.MaxLabelsPerSeries},
-		{"--ingester.max-label-name-length", l.MaxLabelNameLength},
-		{"--ingester.max-label-value-length", l.MaxLabelValueLength},
-		{"--ingester.max-query-series", l.MaxQuerySeries},
-		{"--ingester.max-query-chunks", l.MaxQueryChunks},
 	} {
 		if f.value < 0 {
 			return fmt.Errorf("%s must not be negative, got %d", f.flag, f.value)

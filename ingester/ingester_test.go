@@ -37,12 +37,7 @@ func TestConfig(t *testing.T) {
 			Retention:    model.Duration(15 * 24 * time.Hour),
 			MaxExemplars: 100_000,
 			Limits: ingester.Limits{
-				MaxLabelsPerSeries:  64,
-				MaxLabelNameLength:  1024,
-				MaxLabelValueLength: 4096,
-				MaxQuerySeries:      1_000_000,
-				MaxQueryChunks:      4_000_000,
-				MaxRequestBytes:     64 << 20,
+				MaxRequestBytes: 64 << 20,
 			},
 		}
 		if change != nil {
@@ -69,16 +64,15 @@ func TestConfig(t *testing.T) {
 			}),
 		},
 		{
-			name: "limits", args: []string{"--ingester.max-series=5000", "--ingester.max-series-per-metric=100", "--ingester.max-request-bytes=1.5MiB", "--ingester.max-query-chunks=0"},
+			name: "limits", args: []string{"--ingester.max-series=5000", "--ingester.max-series-per-metric=100", "--ingester.max-request-bytes=1.5MiB"},
 			want: defaults(func(c *ingester.Config) {
 				c.Limits.MaxSeries, c.Limits.MaxSeriesPerMetric = 5000, 100
 				c.Limits.MaxRequestBytes = 3 << 19
-				c.Limits.MaxQueryChunks = 0
 			}),
 		},
 		{name: "empty storage path", args: []string{"--storage.path="}, want: defaults(func(c *ingester.Config) { c.StoragePath = "" }), wantErr: "--storage.path must not be empty"},
 		{name: "zero retention", args: []string{"--storage.retention=0s"}, want: defaults(func(c *ingester.Config) { c.Retention = 0 }), wantErr: "--storage.retention must be positive, got 0s"},
-		{name: "negative limit", args: []string{"--ingester.max-labels-per-series=-1"}, want: defaults(func(c *ingester.Config) { c.Limits.MaxLabelsPerSeries = -1 }), wantErr: "--ingester.max-labels-per-series must not be negative, got -1"},
+		{name: "negative limit", args: []string{"--ingester.max-series-per-metric=-1"}, want: defaults(func(c *ingester.Config) { c.Limits.MaxSeriesPerMetric = -1 }), wantErr: "--ingester.max-series-per-metric must not be negative, got -1"},
 		{name: "request bigger than any message", args: []string{"--ingester.max-request-bytes=128MB"}, want: defaults(func(c *ingester.Config) { c.Limits.MaxRequestBytes = 128 << 20 }), wantErr: "--ingester.max-request-bytes must be between 1KB and 64MB, got 128MB"},
 		{name: "size without a number", args: []string{"--storage.retention-size=GB"}, parseErr: `invalid size "GB"`},
 	} {

@@ -97,8 +97,8 @@ func physicalMemory() (uint64, bool) {
 	return 0, false
 }
 
-// limitError is a series refused by a limit. It names the limit, its value
-// and the series.
+// limitError is a new series refused by a limit. It names the limit, its
+// value and the series.
 type limitError struct {
 	reason censuspb.Reason
 	msg    string
@@ -106,14 +106,12 @@ type limitError struct {
 
 func (e *limitError) Error() string { return e.msg }
 
-// limiter enforces the series and label limits when the TSDB head creates a
-// series. It is the head's tsdb.SeriesLifecycleCallback, so it costs nothing
+// limiter enforces the series limits when the TSDB head creates a series. It is the head's tsdb.SeriesLifecycleCallback, so it costs nothing
 // on appends to existing series. Counts are kept with soft consistency:
 // concurrent creations may overshoot a limit by the number of concurrent
 // pushes, which is harmless next to millions.
 type limiter struct {
-	maxSeries, maxSeriesPerMetric            int
-	maxLabels, maxNameLength, maxValueLength int
+	maxSeries, maxSeriesPerMetric int
 
 	// enforce is false while the WAL is replayed: series acknowledged
 	// before a restart come back whatever the limits are now.
@@ -130,9 +128,6 @@ func newLimiter(l Limits) *limiter {
 	return &limiter{
 		maxSeries:          l.MaxSeries,
 		maxSeriesPerMetric: l.MaxSeriesPerMetric,
-		maxLabels:          l.MaxLabelsPerSeries,
-		maxNameLength:      l.MaxLabelNameLength,
-		maxValueLength:     l.MaxLabelValueLength,
 		perMetric:          map[string]int{},
 	}
 }
@@ -141,32 +136,6 @@ func newLimiter(l Limits) *limiter {
 func (l *limiter) PreCreation(ls labels.Labels) error {
 	if !l.enforce.Load() {
 		return nil
-	}
-	if l.maxLabels > 0 {
-		if n := ls.Len(); n > l.maxLabels {
-			return &limitError{reason: censuspb.ReasonMaxLabelNamesPerSeries, msg: fmt.Sprintf(
-				"series %s has %d labels, more than the limit of %d (--ingester.max-labels-per-series)",
-				formatSeries(ls), n, l.maxLabels)}
-		}
-	}
-	if l.maxNameLength > 0 || l.maxValueLength > 0 {
-		var err error
-		ls.Range(func(lb labels.Label) {
-			switch {
-			case err != nil:
-			case l.maxNameLength > 0 && len(lb.Name) > l.maxNameLength:
-				err = &limitError{reason: censuspb.ReasonLabelNameTooLong, msg: fmt.Sprintf(
-					"label name %s of series %s is %d bytes long, more than the limit of %d (--ingester.max-label-name-length)",
-					strconv.Quote(shorten(lb.Name)), formatSeries(ls), len(lb.Name), l.maxNameLength)}
-			case l.maxValueLength > 0 && len(lb.Value) > l.maxValueLength:
-				err = &limitError{reason: censuspb.ReasonLabelValueTooLong, msg: fmt.Sprintf(
-					"value of label %q of series %s is %d bytes long, more than the limit of %d (--ingester.max-label-value-length)",
-					lb.Name, formatSeries(ls), len(lb.Value), l.maxValueLength)}
-			}
-		})
-		if err != nil {
-			return err
-		}
 	}
 	if n := l.series.Load(); n >= int64(l.maxSeries) {
 		return &limitError{reason: censuspb.ReasonMaxSeries, msg: fmt.Sprintf(

@@ -183,7 +183,9 @@ func (i *Ingester) putPushState(st *pushState) {
 func (st *pushState) add(ts *censuspb.TimeSeries) error {
 	ls, err := censuspb.ToLabels(&st.builder, ts.GetLabels())
 	if err != nil {
-		st.rej.reject(censuspb.ReasonInvalidLabel, len(ts.GetSamples())+len(ts.GetHistograms()), err)
+		var le *censuspb.LabelsError
+		errors.As(err, &le)
+		st.rej.reject(le.Reason, len(ts.GetSamples())+len(ts.GetHistograms()), err)
 		return nil
 	}
 	return st.appendSeries(ls, ts)

@@ -72,12 +72,13 @@ func TestIngester_PushInvalidLabels(t *testing.T) {
 		// message is what the error must say; by default the bad series as
 		// censuspb formats it.
 		message string
+		reason  string // invalid_label if empty.
 	}{
-		{name: "no-labels", bad: pairs(), message: "series has no labels"},
+		{name: "no-labels", bad: pairs(), message: "series has no labels", reason: "missing_metric_name"},
 		{name: "empty-name", bad: pairs("", "x", "case", "empty-name")},
 		{name: "utf8-name", bad: pairs("case", "utf8-name", "j\xff", "x")},
 		{name: "utf8-value", bad: pairs("case", "utf8-value", "job", "\xff")},
-		{name: "duplicate-name", bad: pairs("case", "duplicate-name", "job", "a", "job", "b")},
+		{name: "duplicate-name", bad: pairs("case", "duplicate-name", "job", "a", "job", "b"), reason: "duplicate_label_names"},
 		{name: "unsorted-names", bad: pairs("job", "a", "case", "unsorted-names")},
 		// The TSDB drops labels with empty values, leaving this one none.
 		{name: "only-empty-values", bad: pairs("case", ""), message: `{case=""}: empty labelset: invalid sample`},
@@ -94,7 +95,11 @@ func TestIngester_PushInvalidLabels(t *testing.T) {
 			if want == "" {
 				want = censuspb.FormatLabelPairs(tc.bad)
 			}
-			requireRejected(t, err, codes.InvalidArgument, rejection{"invalid_label", 2, want})
+			reason := tc.reason
+			if reason == "" {
+				reason = "invalid_label"
+			}
+			requireRejected(t, err, codes.InvalidArgument, rejection{reason, 2, want})
 
 			// Only the good series of the push was stored.
 			resp, err := ti.client.Series(context.Background(), &censuspb.SeriesRequest{
@@ -112,7 +117,7 @@ func TestIngester_PushInvalidLabels(t *testing.T) {
 # TYPE census_ingester_head_series gauge
 census_ingester_head_series %d
 `, len(cases))), "census_ingester_head_series"))
-	requireDiscarded(t, ti, map[string]int{"invalid_label": 2 * len(cases)})
+	requireDiscarded(t, ti, map[string]int{"invalid_label": 2 * (len(cases) - 2), "missing_metric_name": 2, "duplicate_label_names": 2})
 }
 
 // TestIngester_TimeRules pushes, after a first successful push, a series s
@@ -212,16 +217,16 @@ func TestIngester_TimeRules(t *testing.T) {
 			want:     at(hour-1000, hour, hour+1000),
 		},
 		{
-			name:   "invalid series, time rules and a limit in one push",
+			name:   "invalid series and time rules in one push",
 			before: []*censuspb.TimeSeries{series(s, at(100)...)},
 			push: []*censuspb.TimeSeries{
 				series(pairs(), at(1)...),
 				series(s, at(200, 50, 200, 300)...),
-				series(pairs("__name__", strings.Repeat("n", 5000)), at(1, 2)...),
+				series(pairs("job", "x", "job", "y"), at(1, 2)...),
 			},
 			rejected: []rejection{
-				{"invalid_label", 1, "invalid labels: series has no labels"},
-				{"label_value_too_long", 2, "more than the limit of 4096 (--ingester.max-label-value-length)"},
+				{"missing_metric_name", 1, "invalid labels: series has no labels"},
+				{"duplicate_label_names", 2, `label name "job" appears twice`},
 				{"out_of_order", 1, "timestamp 50"},
 			},
 			want: at(100, 200, 300),
@@ -291,27 +296,6 @@ func TestIngester_Limits(t *testing.T) {
 			bad:    series(pairs("__name__", "a", "i", "new"), sample{T: 1000, V: 1}),
 			code:   codes.ResourceExhausted,
 			want:   rejection{"max_series_per_metric", 1, `series {__name__="a", i="new"} would exceed the limit of 3 series of metric "a" in this ingester (--ingester.max-series-per-metric)`},
-		},
-		{
-			name:   "max labels per series",
-			limits: func(l *ingester.Limits) { l.MaxLabelsPerSeries = 9 },
-			bad:    series(pairs(many...), sample{T: 1000, V: 1}),
-			code:   codes.InvalidArgument,
-			want:   rejection{"max_label_names_per_series", 1, `series {__name__="wide", l0="v", l1="v", l2="v", l3="v", l4="v", l5="v", l6="v", l7="v", l8="v"} has 10 labels, more than the limit of 9 (--ingester.max-labels-per-series)`},
-		},
-		{
-			name:   "max label name length",
-			limits: func(l *ingester.Limits) { l.MaxLabelNameLength = 8 },
-			bad:    series(pairs("__name__", "x", "namedtoolong", "v"), sample{T: 1000, V: 1}),
-			code:   codes.InvalidArgument,
-			want:   rejection{"label_name_too_long", 1, `label name "namedtoolong" of series {__name__="x", namedtoolong="v"} is 12 bytes long, more than the limit of 8 (--ingester.max-label-name-length)`},
-		},
-		{
-			name:   "max label value length",
-			limits: func(l *ingester.Limits) { l.MaxLabelValueLength = 3 },
-			bad:    series(pairs("__name__", "abc", "path", "/a/b/c"), sample{T: 1000, V: 1}),
-			code:   codes.InvalidArgument,
-			want:   rejection{"label_value_too_long", 1, `value of label "path" of series {__name__="abc", path="/a/b/c"} is 6 bytes long, more than the limit of 3 (--ingester.max-label-value-length)`},
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

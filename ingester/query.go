@@ -25,8 +25,9 @@ const (
 // chunks as the TSDB encodes them (XOR for floats, HISTOGRAM and
 // FLOAT_HISTOGRAM for native histograms). Chunks are whole, so they may hold
 // samples outside the range; the querier trims them. A query that would read
-// more than --ingester.max-query-series series or --ingester.max-query-chunks
-// chunks fails with ResourceExhausted; a caller that goes away stops the
+// more than the request's max_series series or max_chunks chunks (the
+// querier's --query.max-series and --query.max-chunks) fails with
+// ResourceExhausted; a caller that goes away stops the
 // reading at the next series.
 func (i *Ingester) QueryStream(req *censuspb.QueryStreamRequest, stream censuspb.Ingester_QueryStreamServer) error {
 	return toStatus(i.queryStream(stream.Context(), req, stream))
@@ -61,9 +62,9 @@ func (i *Ingester) queryStream(ctx context.Context, req *censuspb.QueryStreamReq
 	f := frame{stream: stream, metrics: i.metrics, resp: &censuspb.QueryStreamResponse{}}
 	var (
 		it             chunks.Iterator
-		series, chunkN int
-		maxSeries      = i.cfg.Limits.MaxQuerySeries
-		maxChunks      = i.cfg.Limits.MaxQueryChunks
+		series, chunkN int64
+		maxSeries      = req.GetMaxSeries()
+		maxChunks      = req.GetMaxChunks()
 	)
 	for set.Next() {
 		// Stop between series once the caller is gone: a big selection
@@ -73,7 +74,7 @@ func (i *Ingester) queryStream(ctx context.Context, req *censuspb.QueryStreamReq
 		}
 		series++
 		if maxSeries > 0 && series > maxSeries {
-			return fmt.Errorf("%w: the query selects more than %d series (--ingester.max-query-series); select fewer series with more specific matchers", errQueryLimit, maxSeries)
+			return fmt.Errorf("%w: the query selects more than %d series (--query.max-series); select fewer series with more specific matchers", errQueryLimit, maxSeries)
 		}
 		s := set.At()
 		out := &censuspb.StreamSeries{Labels: censuspb.FromLabels(nil, s.Labels())}
@@ -81,7 +82,7 @@ func (i *Ingester) queryStream(ctx context.Context, req *censuspb.QueryStreamReq
 		for it.Next() {
 			chunkN++
 			if maxChunks > 0 && chunkN > maxChunks {
-				return fmt.Errorf("%w: the query reads more than %d chunks (--ingester.max-query-chunks); select fewer series or a shorter time range", errQueryLimit, maxChunks)
+				return fmt.Errorf("%w: the query reads more than %d chunks (--query.max-chunks); select fewer series or a shorter time range", errQueryLimit, maxChunks)
 			}
 			out.Chunks = append(out.Chunks, f.chunk(it.At()))
 		}
@@ -236,7 +237,7 @@ func (i *Ingester) series(ctx context.Context, req *censuspb.SeriesRequest) (_ [
 	hints := &storage.SelectHints{Start: req.GetStartMs(), End: req.GetEndMs(), Limit: lh.Limit, Func: "series"}
 	set := q.Select(ctx, true, hints, ms...)
 	var out []*censuspb.SeriesLabels
-	maxSeries := i.cfg.Limits.MaxQuerySeries
+	maxSeries := int(req.GetMaxSeries())
 	for set.Next() {
 		if lh.Limit > 0 && len(out) >= lh.Limit {
 			break
@@ -245,7 +246,7 @@ func (i *Ingester) series(ctx context.Context, req *censuspb.SeriesRequest) (_ [
 			return nil, err
 		}
 		if maxSeries > 0 && len(out) >= maxSeries {
-			return nil, fmt.Errorf("%w: the request selects more than %d series (--ingester.max-query-series); select fewer series with more specific matchers or a limit", errQueryLimit, maxSeries)
+			return nil, fmt.Errorf("%w: the request selects more than %d series (--query.max-series); select fewer series with more specific matchers or a limit", errQueryLimit, maxSeries)
 		}
 		// Label sets of selected series are built on the heap (stringlabels),
 		// so unlike label names and values they outlive the querier.

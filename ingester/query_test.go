@@ -3,6 +3,7 @@ package ingester_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"testing"
 	"time"
 
@@ -13,7 +14,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/census-metrics/census/ingester"
 	censuspb "github.com/census-metrics/census/proto"
 )
 
@@ -379,49 +379,56 @@ func TestIngester_QueryStreamStopsMidStream(t *testing.T) {
 	require.Equal(t, 1, s.sent, "the first frame of 128 series, then nothing more")
 }
 
+// TestIngester_QueryLimits: the querier sends its per-query limits with
+// each request, and the ingester stops once it would send more.
 func TestIngester_QueryLimits(t *testing.T) {
 	anyName := []*labels.Matcher{labels.MustNewMatcher(labels.MatchRegexp, "__name__", ".+")}
+	ti := startIngester(t, t.TempDir())
+	push(t, ti.client,
+		series(pairs(upA...), early...),
+		series(pairs(upB...), early...),
+		series(pairs(requestsD...), early...),
+		series(pairs(lateD...), late...),
+	)
 	for _, tc := range []struct {
-		name     string
-		limits   func(*ingester.Limits)
-		matchers []*labels.Matcher
-		message  string // Of QueryStream; empty: it succeeds.
-		series   string // Of Series; empty: it succeeds.
+		name                 string
+		maxSeries, maxChunks int64
+		matchers             []*labels.Matcher
+		message              string // Of QueryStream; empty: it succeeds.
+		series               string // Of Series; empty: it succeeds.
 	}{
 		{
-			name: "series limit", limits: func(l *ingester.Limits) { l.MaxQuerySeries = 3 }, matchers: anyName,
-			message: "query limit exceeded: the query selects more than 3 series (--ingester.max-query-series)",
-			series:  "query limit exceeded: the request selects more than 3 series (--ingester.max-query-series)",
+			name: "series limit", maxSeries: 3, matchers: anyName,
+			message: "query limit exceeded: the query selects more than 3 series (--query.max-series)",
+			series:  "query limit exceeded: the request selects more than 3 series (--query.max-series)",
 		},
 		{
-			name: "series limit not reached", limits: func(l *ingester.Limits) { l.MaxQuerySeries = 2 },
+			name: "series limit not reached", maxSeries: 2,
 			matchers: []*labels.Matcher{labels.MustNewMatcher(labels.MatchEqual, "job", "api")},
 		},
 		{
 			// The fixture's four series have one chunk each.
-			name: "chunk limit", limits: func(l *ingester.Limits) { l.MaxQueryChunks = 3 }, matchers: anyName,
-			message: "query limit exceeded: the query reads more than 3 chunks (--ingester.max-query-chunks)",
+			name: "chunk limit", maxChunks: 3, matchers: anyName,
+			message: "query limit exceeded: the query reads more than 3 chunks (--query.max-chunks)",
 		},
-		{name: "no limits", limits: func(l *ingester.Limits) { l.MaxQuerySeries, l.MaxQueryChunks = 0, 0 }, matchers: anyName},
+		{name: "chunk limit reached exactly", maxChunks: 4, matchers: anyName},
+		{name: "no limits", matchers: anyName},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			cfg := testConfig(t.TempDir())
-			tc.limits(&cfg.Limits)
-			ti := startIngesterWith(t, cfg)
-			push(t, ti.client,
-				series(pairs(upA...), early...),
-				series(pairs(upB...), early...),
-				series(pairs(requestsD...), early...),
-				series(pairs(lateD...), late...),
-			)
-			_, _, err := readStream(ti.client, 0, 200_000, tc.matchers...)
+			stream, err := ti.client.QueryStream(context.Background(), &censuspb.QueryStreamRequest{
+				EndMs: 200_000, Matchers: censuspb.FromMatchers(tc.matchers), MaxSeries: tc.maxSeries, MaxChunks: tc.maxChunks,
+			})
+			require.NoError(t, err)
+			for err == nil {
+				_, err = stream.Recv()
+			}
 			if tc.message == "" {
-				require.NoError(t, err)
+				require.ErrorIs(t, err, io.EOF)
 			} else {
 				require.Equal(t, codes.ResourceExhausted, status.Code(err), "error: %v", err)
 				require.Contains(t, status.Convert(err).Message(), tc.message)
 			}
-			_, err = ti.client.Series(context.Background(), &censuspb.SeriesRequest{EndMs: 200_000, Matchers: censuspb.FromMatchers(tc.matchers)})
+			_, err = ti.client.Series(context.Background(), &censuspb.SeriesRequest{EndMs: 200_000, Matchers: censuspb.FromMatchers(tc.matchers), MaxSeries: tc.maxSeries})
 			if tc.series == "" {
 				require.NoError(t, err)
 			} else {

@@ -251,7 +251,9 @@ census_ingester_discarded_exemplars_total{reason="out_of_order"} 1
 }
 
 func TestIngester_Metadata(t *testing.T) {
-	ti := startIngester(t, t.TempDir())
+	cfg := testConfig(t.TempDir())
+	cfg.Limits.MaxSeriesPerMetric = 2
+	ti := startIngesterWith(t, cfg)
 	md := func(typ, help, unit string) *censuspb.Metadata {
 		return &censuspb.Metadata{Type: typ, Help: help, Unit: unit}
 	}
@@ -276,9 +278,9 @@ func TestIngester_Metadata(t *testing.T) {
 	)
 	// A series refused by a limit leaves no metadata behind.
 	_, err := ti.client.Push(context.Background(), &censuspb.PushRequest{Series: []*censuspb.TimeSeries{
-		withMeta(md("gauge", "Refused.", ""), "__name__", "refused", "l", strings.Repeat("x", 5000)),
+		withMeta(md("gauge", "Refused.", ""), "__name__", "up", "job", "c"),
 	}})
-	requireRejected(t, err, codes.InvalidArgument, rejection{"label_value_too_long", 1, "refused"})
+	requireRejected(t, err, codes.ResourceExhausted, rejection{"max_series_per_metric", 1, `series {__name__="up", job="c"} would exceed the limit of 2 series of metric "up"`})
 
 	entry := func(family string, m *censuspb.Metadata) *censuspb.MetricMetadata {
 		return &censuspb.MetricMetadata{MetricFamily: family, Metadata: m}

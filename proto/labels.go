@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"unicode/utf8"
 	"unsafe"
 
 	"github.com/prometheus/prometheus/model/labels"
@@ -16,12 +15,13 @@ import (
 var ErrInvalidLabels = errors.New("invalid labels")
 
 // ToLabels converts wire labels into a labels.Labels, building it in b. It
-// rejects a set that Prometheus would not store: no labels, an empty or
-// non-UTF-8 name, a non-UTF-8 value, names out of order or repeated. The
-// error names the series, so the sender can find it.
+// refuses, with a *LabelsError, a set that breaks ValidateLabels' rule for
+// each label, or has no labels; unlike ValidateLabels it allows an empty
+// value and no __name__, as exemplar labels and the TSDB do. The error
+// names the series, so the sender can find it.
 func ToLabels(b *labels.ScratchBuilder, pairs []*LabelPair) (labels.Labels, error) {
 	if len(pairs) == 0 {
-		return labels.EmptyLabels(), fmt.Errorf("%w: series has no labels", ErrInvalidLabels)
+		return labels.EmptyLabels(), &LabelsError{Reason: ReasonMissingMetricName, msg: ErrInvalidLabels.Error() + ": series has no labels"}
 	}
 	b.Reset()
 	prev := ""
@@ -29,26 +29,13 @@ func ToLabels(b *labels.ScratchBuilder, pairs []*LabelPair) (labels.Labels, erro
 		// The strings view the message's bytes: Labels copies them out,
 		// and nothing writes to a decoded message.
 		name, value := yoloString(p.GetName()), yoloString(p.GetValue())
-		switch {
-		case name == "":
-			return labels.EmptyLabels(), invalidSeries(pairs, "empty label name")
-		case !utf8.ValidString(name):
-			return labels.EmptyLabels(), invalidSeries(pairs, fmt.Sprintf("label name %q is not valid UTF-8", name))
-		case !utf8.ValidString(value):
-			return labels.EmptyLabels(), invalidSeries(pairs, fmt.Sprintf("value of label %q is not valid UTF-8", name))
-		case i > 0 && name == prev:
-			return labels.EmptyLabels(), invalidSeries(pairs, fmt.Sprintf("duplicate label name %q", name))
-		case i > 0 && name < prev:
-			return labels.EmptyLabels(), invalidSeries(pairs, fmt.Sprintf("label names not sorted: %q after %q", name, prev))
+		if r, msg := checkLabel(i, name, value, prev); r != NumReasons {
+			return labels.EmptyLabels(), &LabelsError{Reason: r, msg: fmt.Sprintf("%s: %s in series %s", ErrInvalidLabels, msg, FormatLabelPairs(pairs))}
 		}
 		b.Add(name, value)
 		prev = name
 	}
 	return b.Labels(), nil
-}
-
-func invalidSeries(pairs []*LabelPair, reason string) error {
-	return fmt.Errorf("%w: %s in series %s", ErrInvalidLabels, reason, FormatLabelPairs(pairs))
 }
 
 // FormatLabelPairs renders wire labels as {name="value", ...}, quoting

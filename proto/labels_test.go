@@ -21,16 +21,17 @@ func TestToLabels(t *testing.T) {
 		in      []*LabelPair
 		want    labels.Labels
 		wantErr string
+		reason  Reason // For wantErr; ReasonInvalidLabel if unset.
 	}{
 		{name: "valid", in: pairs("__name__", "up", "job", "api"), want: labels.FromStrings("__name__", "up", "job", "api")},
 		{name: "utf-8 names and values", in: pairs("__name__", "température", "ville", "Zürich"), want: labels.FromStrings("__name__", "température", "ville", "Zürich")},
 		{name: "empty value is allowed", in: pairs("__name__", "up", "job", ""), want: labels.FromStrings("__name__", "up", "job", "")},
 		{name: "no labels", in: nil, wantErr: "invalid labels: series has no labels"},
-		{name: "empty name", in: pairs("__name__", "up", "", "x"), wantErr: `invalid labels: empty label name in series {"__name__"="up", ""="x"}`},
-		{name: "invalid utf-8 name", in: pairs("__name__", "up", "a\xff", "x"), wantErr: `label name "a\xff" is not valid UTF-8 in series {"__name__"="up", "a\xff"="x"}`},
+		{name: "empty name", in: pairs("__name__", "up", "", "x"), wantErr: `invalid labels: label name "" is empty or not valid UTF-8 in series {"__name__"="up", ""="x"}`},
+		{name: "invalid utf-8 name", in: pairs("__name__", "up", "a\xff", "x"), wantErr: `label name "a\xff" is empty or not valid UTF-8 in series {"__name__"="up", "a\xff"="x"}`},
 		{name: "invalid utf-8 value", in: pairs("__name__", "up", "job", "\xc3\x28"), wantErr: `value of label "job" is not valid UTF-8`},
-		{name: "duplicate names", in: pairs("__name__", "up", "job", "a", "job", "b"), wantErr: `duplicate label name "job" in series`},
-		{name: "unsorted names", in: pairs("job", "a", "__name__", "up"), wantErr: `label names not sorted: "__name__" after "job"`},
+		{name: "duplicate names", in: pairs("__name__", "up", "job", "a", "job", "b"), wantErr: `label name "job" appears twice in series`, reason: ReasonDuplicateLabelNames},
+		{name: "unsorted names", in: pairs("job", "a", "__name__", "up"), wantErr: `label names are not sorted ("__name__" after "job")`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var b labels.ScratchBuilder
@@ -38,6 +39,15 @@ func TestToLabels(t *testing.T) {
 			if tc.wantErr != "" {
 				require.ErrorIs(t, err, ErrInvalidLabels)
 				require.ErrorContains(t, err, tc.wantErr)
+				var le *LabelsError
+				require.ErrorAs(t, err, &le)
+				if tc.reason == 0 {
+					tc.reason = ReasonInvalidLabel
+				}
+				if tc.in == nil {
+					tc.reason = ReasonMissingMetricName
+				}
+				require.Equal(t, tc.reason, le.Reason)
 				return
 			}
 			require.NoError(t, err)

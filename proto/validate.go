@@ -32,20 +32,11 @@ func ValidateLabels(ls labels.Labels) (Reason, error) {
 		if r != NumReasons {
 			return
 		}
-		switch {
-		case l.Name == "" || !utf8.ValidString(l.Name):
-			r, msg = ReasonInvalidLabel, fmt.Sprintf("label name %q is empty or not valid UTF-8", l.Name)
-		case !utf8.ValidString(l.Value):
-			r, msg = ReasonInvalidLabel, fmt.Sprintf("value of label %q is not valid UTF-8", l.Name)
-		case l.Value == "":
+		if r, msg = checkLabel(i, l.Name, l.Value, prev); r == NumReasons && l.Value == "" {
 			// Prometheus drops empty labels when it parses a scrape; on the
 			// wire one means a broken sender, and the TSDB would drop it
 			// and store another series than the one sent.
 			r, msg = ReasonInvalidLabel, fmt.Sprintf("label %q has an empty value", l.Name)
-		case i > 0 && l.Name == prev:
-			r, msg = ReasonDuplicateLabelNames, fmt.Sprintf("label name %q appears twice", l.Name)
-		case i > 0 && l.Name < prev:
-			r, msg = ReasonInvalidLabel, fmt.Sprintf("label names are not sorted (%q after %q)", l.Name, prev)
 		}
 		hasName = hasName || l.Name == labels.MetricName
 		prev = l.Name
@@ -59,3 +50,32 @@ func ValidateLabels(ls labels.Labels) (Reason, error) {
 	}
 	return 0, nil
 }
+
+// checkLabel is the rule for one label, the i-th of its series, after the
+// label named prev: every name non-empty, names and values valid UTF-8,
+// names sorted and unique. It returns NumReasons if the label passes, else
+// why not and a message. ValidateLabels and ToLabels share it.
+func checkLabel(i int, name, value, prev string) (Reason, string) {
+	switch {
+	case name == "" || !utf8.ValidString(name):
+		return ReasonInvalidLabel, fmt.Sprintf("label name %q is empty or not valid UTF-8", name)
+	case !utf8.ValidString(value):
+		return ReasonInvalidLabel, fmt.Sprintf("value of label %q is not valid UTF-8", name)
+	case i > 0 && name == prev:
+		return ReasonDuplicateLabelNames, fmt.Sprintf("label name %q appears twice", name)
+	case i > 0 && name < prev:
+		return ReasonInvalidLabel, fmt.Sprintf("label names are not sorted (%q after %q)", name, prev)
+	}
+	return NumReasons, ""
+}
+
+// LabelsError is wire labels refused by ToLabels, with the reason.
+type LabelsError struct {
+	Reason Reason
+	msg    string
+}
+
+func (e *LabelsError) Error() string { return e.msg }
+
+// Unwrap makes a LabelsError match ErrInvalidLabels.
+func (e *LabelsError) Unwrap() error { return ErrInvalidLabels }
