@@ -3,10 +3,8 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"net/url"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -18,12 +16,11 @@ import (
 // selector answers them: each stored sample exactly once.
 func rawSamples(t *testing.T, q *process, window time.Duration, end int64) map[string][][2]string {
 	t.Helper()
-	code, resp, err := q.apiGet("/api/v1/query", url.Values{
+	resp, err := q.api("/api/v1/query", url.Values{
 		"query": {fmt.Sprintf("e2e_value[%ds]", int(window.Seconds()))},
 		"time":  {fmt.Sprintf("%.3f", float64(end)/1000)},
 	})
 	require.NoError(t, err)
-	require.Equal(t, http.StatusOK, code, "%+v", resp)
 	var d queryData
 	require.NoError(t, json.Unmarshal(resp.Data, &d))
 	require.Equal(t, "matrix", d.ResultType)
@@ -50,26 +47,14 @@ func TestCluster_AgentLosesNothingWhileEveryIngesterIsDown(t *testing.T) {
 	const outage = 60 * time.Second
 	target, targetURL := startServedTarget(t)
 
-	common := []string{
-		"--http.listen-address=127.0.0.1:0",
-		"--memberlist.bind-address=127.0.0.1:0",
-		"--ring.heartbeat-period=200ms",
-		"--ring.heartbeat-timeout=5s",
-		"--ring.replication-factor=2",
-	}
-	cfgFile := writeScrapeConfig(t, targetURL.Host)
-	ag := startProcess(t, "agent", append(append([]string{"agent"}, common...),
-		"--instance.id=agent", "--config.file="+cfgFile, "--agent.wal-path="+t.TempDir())...)
-	q := startProcess(t, "querier", append(append([]string{"querier"}, common...),
-		"--instance.id=querier", "--memberlist.join="+ag.gossip)...)
+	ag := startRole(t, "agent", roleConfig{id: "agent", rf: 2, heartbeatTimeout: 5 * time.Second, scrapeConfig: writeScrapeConfig(t, targetURL.Host)})
+	q := startRole(t, "querier", roleConfig{id: "querier", join: ag, rf: 2, heartbeatTimeout: 5 * time.Second})
 
 	dataDirs := []string{t.TempDir(), t.TempDir()}
 	startIngesters := func() []*process {
 		ings := make([]*process, len(dataDirs))
 		for i, dir := range dataDirs {
-			ings[i] = startProcess(t, fmt.Sprintf("ingester-%d", i), append(append([]string{"ingester"}, common...),
-				"--instance.id=ingester-"+strconv.Itoa(i), "--grpc.listen-address=127.0.0.1:0",
-				"--storage.path="+dir, "--memberlist.join="+ag.gossip)...)
+			ings[i] = startRole(t, "ingester", roleConfig{id: fmt.Sprintf("ingester-%d", i), join: ag, rf: 2, heartbeatTimeout: 5 * time.Second, storage: dir})
 		}
 		for _, p := range ings {
 			p.waitReady(30 * time.Second)
@@ -92,8 +77,8 @@ func TestCluster_AgentLosesNothingWhileEveryIngesterIsDown(t *testing.T) {
 	}
 	downAt := time.Now()
 	require.Eventually(t, func() bool { return time.Since(downAt) >= outage }, outage+10*time.Second, time.Second)
-	require.Contains(t, fetch(t, "http://"+ag.http+"/metrics"), "census_agent_oldest_unsent_sample_age_seconds")
-	age := metricValue(t, fetch(t, "http://"+ag.http+"/metrics"), "census_agent_oldest_unsent_sample_age_seconds")
+	age, err := ag.metric("census_agent_oldest_unsent_sample_age_seconds")
+	require.NoError(t, err)
 	require.Greater(t, age, 30.0, "the agent holds the samples of the outage")
 
 	ingesters = startIngesters()
@@ -120,7 +105,9 @@ func TestCluster_AgentLosesNothingWhileEveryIngesterIsDown(t *testing.T) {
 		}
 		require.Equal(t, want, got[strconv.Itoa(i)], "series %d", i)
 	}
-	require.Equal(t, 0.0, metricValue(t, fetch(t, "http://"+ag.http+"/metrics"), "census_agent_samples_dropped_total"))
+	dropped, err := ag.metric("census_agent_samples_dropped_total")
+	require.NoError(t, err)
+	require.Equal(t, 0.0, dropped)
 
 	for _, p := range append(ingesters, ag, q) {
 		require.NoError(t, p.stop(30*time.Second))
@@ -137,17 +124,4 @@ func lastServedBefore(target *servedTarget, ts int64) int64 {
 		}
 	}
 	return last
-}
-
-// metricValue reads an unlabelled sample of name from an exposition.
-func metricValue(t *testing.T, exposition, name string) float64 {
-	t.Helper()
-	for _, line := range strings.Split(exposition, "\n") {
-		var v float64
-		if n, _ := fmt.Sscanf(line, name+" %g", &v); n == 1 {
-			return v
-		}
-	}
-	t.Fatalf("no sample of %s in:\n%s", name, exposition)
-	return 0
 }

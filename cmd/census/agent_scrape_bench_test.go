@@ -58,43 +58,17 @@ scrape_configs:
 `, strings.Join(hosts, ", ")), 0o644); err != nil {
 		b.Fatal(err)
 	}
-	common := []string{
-		"--http.listen-address=127.0.0.1:0",
-		"--memberlist.bind-address=127.0.0.1:0",
-		"--ring.heartbeat-period=200ms",
-		"--ring.replication-factor=1",
-	}
-	ing := startProcess(b, "ingester", append(append([]string{"ingester"}, common...),
-		"--instance.id=ingester", "--grpc.listen-address=127.0.0.1:0", "--storage.path="+filepath.Join(dir, "data"))...)
-	ag := startProcess(b, "agent", append(append([]string{"agent"}, common...),
-		"--instance.id=agent", "--config.file="+cfgFile, "--agent.wal-path="+filepath.Join(dir, "wal"),
-		"--memberlist.join="+ing.gossip)...)
+	ing := startRole(b, "ingester", roleConfig{id: "ingester", rf: 1, storage: filepath.Join(dir, "data")})
+	ag := startRole(b, "agent", roleConfig{id: "agent", join: ing, rf: 1, scrapeConfig: cfgFile})
 	ing.waitReady(30 * time.Second)
 	ag.waitReady(30 * time.Second)
 
 	read := func(p *process, name string) float64 {
-		resp, err := http.Get("http://" + p.http + "/metrics")
+		v, err := p.metric(name)
 		if err != nil {
 			b.Fatal(err)
 		}
-		defer resp.Body.Close()
-		var sb strings.Builder
-		buf := make([]byte, 64<<10)
-		for {
-			n, err := resp.Body.Read(buf)
-			sb.Write(buf[:n])
-			if err != nil {
-				break
-			}
-		}
-		for _, line := range strings.Split(sb.String(), "\n") {
-			var v float64
-			if n, _ := fmt.Sscanf(line, name+" %g", &v); n == 1 {
-				return v
-			}
-		}
-		b.Fatalf("no %s in the metrics of %s", name, p.name)
-		return 0
+		return v
 	}
 	waitSent := func(atLeast float64) {
 		deadline := time.Now().Add(2 * time.Minute)

@@ -1,10 +1,8 @@
 package main
 
 import (
-	"io"
 	"net/http"
 	"net/url"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -19,12 +17,7 @@ func TestCluster_AllInOne(t *testing.T) {
 	if testing.Short() {
 		t.Skip("multi-process test")
 	}
-	p := startProcess(t, "all", "all",
-		"--http.listen-address=127.0.0.1:0",
-		"--grpc.listen-address=127.0.0.1:0",
-		"--memberlist.bind-address=127.0.0.1:0",
-		"--storage.path="+filepath.Join(t.TempDir(), "data"),
-	)
+	p := startRole(t, "all", roleConfig{})
 	require.Eventually(t, func() bool {
 		return strings.Contains(p.log.String(), "http://"+p.http+"/api/v1/query?query=up")
 	}, 10*time.Second, 10*time.Millisecond, "the URL to open is printed")
@@ -51,27 +44,19 @@ func TestCluster_AllInOne(t *testing.T) {
 		{path: "/api/v1/status/buildinfo", want: `"status":"success"`},
 		{path: "/api/v1/label/job/values", want: `"demo"`},
 	} {
-		req, err := http.NewRequest(http.MethodGet, "http://"+p.http+tc.path, nil)
+		req, err := http.NewRequest(http.MethodGet, tc.path, nil)
 		require.NoError(t, err)
 		if tc.accept != "" {
 			req.Header.Set("Accept", tc.accept)
 		}
-		resp, err := http.DefaultClient.Do(req)
+		body, err := p.send(req)
 		require.NoError(t, err)
-		body, err := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		require.NoError(t, err)
-		require.Equal(t, http.StatusOK, resp.StatusCode, "%s: %s", tc.path, body)
 		require.Contains(t, string(body), tc.want, tc.path)
 	}
 
 	// POST with a form works as GET does.
-	resp, err := http.PostForm("http://"+p.http+"/api/v1/query", url.Values{"query": {`up{job="demo"}`}})
+	body, err := p.call(http.MethodPost, "/api/v1/query", url.Values{"query": {`up{job="demo"}`}})
 	require.NoError(t, err)
-	body, err := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	require.NoError(t, err)
-	require.Equal(t, http.StatusOK, resp.StatusCode)
 	require.True(t, strings.Contains(string(body), `"job":"demo"`), "%s", body)
 
 	require.NoError(t, p.stop(30*time.Second))

@@ -4,10 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"io"
 	"net/http"
 	"net/url"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -66,20 +64,9 @@ func TestCluster_DistributorReceivesPushes(t *testing.T) {
 	if testing.Short() {
 		t.Skip("multi-process test")
 	}
-	common := []string{
-		"--http.listen-address=127.0.0.1:0",
-		"--memberlist.bind-address=127.0.0.1:0",
-		"--ring.heartbeat-period=200ms",
-		"--ring.replication-factor=1",
-	}
-	ing := startProcess(t, "ingester", append(append([]string{"ingester"}, common...),
-		"--instance.id=ingester", "--grpc.listen-address=127.0.0.1:0",
-		"--storage.path="+filepath.Join(t.TempDir(), "data"))...)
-	dist := startProcess(t, "distributor", append(append([]string{"distributor"}, common...),
-		"--instance.id=distributor", "--memberlist.join="+ing.gossip,
-		"--distributor.max-label-names-per-series=5")...)
-	q := startProcess(t, "querier", append(append([]string{"querier"}, common...),
-		"--instance.id=querier", "--memberlist.join="+ing.gossip)...)
+	ing := startRole(t, "ingester", roleConfig{id: "ingester", rf: 1})
+	dist := startRole(t, "distributor", roleConfig{id: "distributor", join: ing, rf: 1, flags: []string{"--distributor.max-label-names-per-series=5"}})
+	q := startRole(t, "querier", roleConfig{id: "querier", join: ing, rf: 1})
 	for _, p := range []*process{ing, dist, q} {
 		p.waitReady(30 * time.Second)
 	}
@@ -99,11 +86,11 @@ func TestCluster_DistributorReceivesPushes(t *testing.T) {
 	dp.SetDoubleValue(3.5)
 	body, err := pmetricotlp.NewExportRequestFromMetrics(md).MarshalProto()
 	require.NoError(t, err)
-	resp, err := http.Post("http://"+dist.http+"/otlp/v1/metrics", "application/x-protobuf", bytes.NewReader(body))
+	req, err := http.NewRequest(http.MethodPost, "/otlp/v1/metrics", bytes.NewReader(body))
 	require.NoError(t, err)
-	respBody, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	require.Equal(t, http.StatusOK, resp.StatusCode, string(respBody))
+	req.Header.Set("Content-Type", "application/x-protobuf")
+	_, err = dist.send(req)
+	require.NoError(t, err)
 
 	for expr, want := range map[string]float64{
 		`rw1_value{job="pushed"}`:    1.5,
@@ -128,8 +115,9 @@ func TestCluster_DistributorReceivesPushes(t *testing.T) {
 	require.Empty(t, got)
 
 	// The distributor counts what it refused; nothing is retried.
-	metrics := fetch(t, "http://"+dist.http+"/metrics")
-	require.Contains(t, metrics, `census_distributor_discarded_samples_total{reason="max_label_names_per_series"} 1`)
+	discarded, err := dist.metric("census_distributor_discarded_samples_total", "reason", "max_label_names_per_series")
+	require.NoError(t, err)
+	require.Equal(t, 1.0, discarded)
 
 	// Every ingester down: 503, which Prometheus' client retries.
 	ing.kill()
@@ -148,31 +136,20 @@ func TestCluster_AllInOneReceivesRemoteWrite(t *testing.T) {
 	if testing.Short() {
 		t.Skip("multi-process test")
 	}
-	p := startProcess(t, "all", "all",
-		"--http.listen-address=127.0.0.1:0",
-		"--grpc.listen-address=127.0.0.1:0",
-		"--memberlist.bind-address=127.0.0.1:0",
-		"--storage.path="+filepath.Join(t.TempDir(), "data"),
-	)
+	p := startRole(t, "all", roleConfig{})
 	p.waitReady(30 * time.Second)
 	ts := time.Now().Truncate(time.Second).UnixMilli()
 	require.NoError(t, remoteWrite(t, p.http, remoteapi.WriteV2MessageType, ts, map[string]float64{"pushed_into_all": 42}, labels.FromStrings("job", "push")))
 	got, _ := instantValues(t, p, "pushed_into_all", "job", ts)
 	require.Equal(t, map[string]float64{"push": 42}, got)
 	// Each component counts its own refusals, on its own counter.
-	metrics := fetch(t, "http://"+p.http+"/metrics")
-	require.Contains(t, metrics, `census_ingester_discarded_samples_total{reason="out_of_order"} 0`)
-	require.Contains(t, metrics, `census_distributor_discarded_samples_total{reason="max_label_names_per_series"} 0`)
+	for _, m := range []struct{ name, reason string }{
+		{"census_ingester_discarded_samples_total", "out_of_order"},
+		{"census_distributor_discarded_samples_total", "max_label_names_per_series"},
+	} {
+		discarded, err := p.metric(m.name, "reason", m.reason)
+		require.NoError(t, err)
+		require.Equal(t, 0.0, discarded, m.name)
+	}
 	require.NoError(t, p.stop(30*time.Second))
-}
-
-func fetch(t *testing.T, u string) string {
-	t.Helper()
-	resp, err := http.Get(u)
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
-	require.Equal(t, http.StatusOK, resp.StatusCode, "%s: %s", u, b)
-	return string(b)
 }

@@ -100,13 +100,7 @@ scrape_configs:
     static_configs:
       - targets: [%q]
 `, targetURL.Host), 0o644))
-	p := startProcess(t, "all", "all",
-		"--http.listen-address=127.0.0.1:0",
-		"--grpc.listen-address=127.0.0.1:0",
-		"--memberlist.bind-address=127.0.0.1:0",
-		"--storage.path="+filepath.Join(t.TempDir(), "data"),
-		"--config.file="+cfgFile,
-	)
+	p := startRole(t, "all", roleConfig{scrapeConfig: cfgFile})
 	p.waitReady(30 * time.Second)
 
 	// Wait for ten scrapes, and until Census has stored the second newest.
@@ -197,8 +191,8 @@ scrape_configs:
 		{name: "table", method: http.MethodPost, path: "/api/v1/query", params: url.Values{"query": {`grafana_requests_total`}, "time": {end}, "timeout": {"60s"}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			code, census := callProcess(t, p, tc.method, tc.path, tc.params)
-			require.Equal(t, http.StatusOK, code, "%s", census)
+			census, err := p.call(tc.method, tc.path, tc.params)
+			require.NoError(t, err)
 			refCode, prometheus := callHandler(t, reference, tc.method, tc.path, tc.params)
 			require.Equal(t, http.StatusOK, refCode, "%s", prometheus)
 			var c, r apiResponse
@@ -249,26 +243,6 @@ func sortedSeries(t *testing.T, body []byte) string {
 	b, err := json.Marshal(resp)
 	require.NoError(t, err)
 	return string(b)
-}
-
-// callProcess sends a request to p's API as Grafana does: GET with the
-// parameters in the URL, POST with them in a form body.
-func callProcess(t *testing.T, p *process, method, path string, params url.Values) (int, []byte) {
-	t.Helper()
-	var (
-		resp *http.Response
-		err  error
-	)
-	if method == http.MethodPost {
-		resp, err = http.PostForm("http://"+p.http+path, params)
-	} else {
-		resp, err = http.Get("http://" + p.http + path + "?" + params.Encode())
-	}
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
-	return resp.StatusCode, body
 }
 
 func callHandler(t *testing.T, h http.Handler, method, path string, params url.Values) (int, []byte) {

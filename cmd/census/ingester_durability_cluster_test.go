@@ -220,12 +220,11 @@ func requireDurable(t *testing.T, got map[string]map[int64]float64, acked, attem
 func querierSamples(t *testing.T, q *process, name string, from, to int64) map[string]map[int64]float64 {
 	t.Helper()
 	window := (to-from)/1000 + 2
-	code, resp, err := q.apiGet("/api/v1/query", url.Values{
+	resp, err := q.api("/api/v1/query", url.Values{
 		"query": {fmt.Sprintf("%s[%ds]", name, window)},
 		"time":  {fmt.Sprintf("%.3f", float64(to+500)/1000)},
 	})
 	require.NoError(t, err)
-	require.Equal(t, http.StatusOK, code, "%+v", resp)
 	var d queryData
 	require.NoError(t, json.Unmarshal(resp.Data, &d))
 	require.Equal(t, "matrix", d.ResultType)
@@ -245,17 +244,6 @@ func querierSamples(t *testing.T, q *process, name string, from, to int64) map[s
 	return out
 }
 
-// readyBody returns the status and body of p's /ready.
-func readyBody(p *process) (int, string, error) {
-	resp, err := http.Get("http://" + p.http + "/ready")
-	if err != nil {
-		return 0, "", err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b), err
-}
-
 // TestCluster_IngesterKilledMidWrite pushes continuously into 3 ingesters
 // (replication factor 3), kills one with SIGKILL mid-stream and restarts it
 // on the same data: every push it acknowledged is back, on it and through a
@@ -266,35 +254,22 @@ func TestCluster_IngesterKilledMidWrite(t *testing.T) {
 	if testing.Short() {
 		t.Skip("multi-process test")
 	}
-	common := []string{
-		"--http.listen-address=127.0.0.1:0",
-		"--memberlist.bind-address=127.0.0.1:0",
-		"--ring.heartbeat-period=200ms",
-		"--ring.heartbeat-timeout=5s",
-		"--ring.replication-factor=3",
-	}
 	dataDirs := make([]string, 3)
 	ingesters := make([]*process, 3)
 	startIngester := func(i int) *process {
-		args := append([]string{"ingester"}, common...)
-		args = append(args,
-			"--instance.id=ingester-"+strconv.Itoa(i),
-			"--grpc.listen-address=127.0.0.1:0",
-			"--storage.path="+dataDirs[i],
-		)
+		cfg := roleConfig{id: fmt.Sprintf("ingester-%d", i), rf: 3, heartbeatTimeout: 5 * time.Second, storage: dataDirs[i]}
 		if i > 0 {
-			args = append(args, "--memberlist.join="+ingesters[0].gossip)
-		} else if ingesters[1] != nil {
-			args = append(args, "--memberlist.join="+ingesters[1].gossip)
+			cfg.join = ingesters[0]
+		} else {
+			cfg.join = ingesters[1] // Nil at the first start.
 		}
-		return startProcess(t, fmt.Sprintf("ingester-%d", i), args...)
+		return startRole(t, "ingester", cfg)
 	}
 	for i := range ingesters {
 		dataDirs[i] = filepath.Join(t.TempDir(), "data")
 		ingesters[i] = startIngester(i)
 	}
-	q := startProcess(t, "querier", append(append([]string{"querier"}, common...),
-		"--instance.id=querier", "--memberlist.join="+ingesters[2].gossip)...)
+	q := startRole(t, "querier", roleConfig{id: "querier", join: ingesters[2], rf: 3, heartbeatTimeout: 5 * time.Second})
 	for _, p := range append(ingesters[:], q) {
 		p.waitReady(30 * time.Second)
 	}
@@ -372,11 +347,11 @@ func TestCluster_IngesterKilledMidWrite(t *testing.T) {
 	ingesters[1] = startIngester(1)
 	var replaying string
 	require.Eventually(t, func() bool {
-		code, body, err := readyBody(ingesters[1])
+		body, err := ingesters[1].get("/ready")
 		// The WAL has several segments by now (each start begins one), so
 		// this is the replay itself, not the loading before it.
-		if err == nil && code == http.StatusServiceUnavailable && strings.Contains(body, "replaying WAL: segment") {
-			replaying = body
+		if httpCode(err) == http.StatusServiceUnavailable && strings.Contains(string(body), "replaying WAL: segment") {
+			replaying = string(body)
 			return true
 		}
 		return false

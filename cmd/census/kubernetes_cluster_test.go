@@ -6,47 +6,16 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
-)
 
-// startKubeAPIServer starts a real kube-apiserver and etcd with envtest
-// from KUBEBUILDER_ASSETS (make test builds them with
-// scripts/kube-test-assets.sh) and returns a kubeconfig file for it and a
-// client.
-func startKubeAPIServer(t *testing.T) (string, kubernetes.Interface) {
-	t.Helper()
-	assets := os.Getenv("KUBEBUILDER_ASSETS")
-	if assets == "" {
-		if os.Getenv("CI") != "" {
-			t.Fatal("KUBEBUILDER_ASSETS is not set: `make test` sets it from scripts/kube-test-assets.sh")
-		}
-		t.Skip("KUBEBUILDER_ASSETS is not set; run: KUBEBUILDER_ASSETS=$(scripts/kube-test-assets.sh) go test ./cmd/census")
-	}
-	env := &envtest.Environment{BinaryAssetsDirectory: assets}
-	restCfg, err := env.Start()
-	require.NoError(t, err)
-	t.Cleanup(func() { require.NoError(t, env.Stop()) })
-	user, err := env.AddUser(envtest.User{Name: "census-agent", Groups: []string{"system:masters"}}, nil)
-	require.NoError(t, err)
-	kc, err := user.KubeConfig()
-	require.NoError(t, err)
-	file := filepath.Join(t.TempDir(), "kubeconfig")
-	require.NoError(t, os.WriteFile(file, kc, 0o600))
-	client, err := kubernetes.NewForConfig(restCfg)
-	require.NoError(t, err)
-	return file, client
-}
+	"github.com/census-metrics/census/agent/kubetest"
+)
 
 // TestCluster_KubernetesAgentsPartitionTheTargets runs two agent processes
 // without --config.file, on two nodes of a real API server, and checks
@@ -56,7 +25,8 @@ func TestCluster_KubernetesAgentsPartitionTheTargets(t *testing.T) {
 	if testing.Short() {
 		t.Skip("multi-process test")
 	}
-	kubeconfig, client := startKubeAPIServer(t)
+	kube := kubetest.Start(t)
+	client := kube.Client
 	ctx := context.Background()
 	for _, n := range []string{"node-a", "node-b"} {
 		_, err := client.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n}}, metav1.CreateOptions{})
@@ -91,22 +61,14 @@ func TestCluster_KubernetesAgentsPartitionTheTargets(t *testing.T) {
 		require.NoError(t, err)
 	}
 
-	common := []string{
-		"--http.listen-address=127.0.0.1:0",
-		"--memberlist.bind-address=127.0.0.1:0",
-		"--ring.heartbeat-period=200ms",
-		"--ring.replication-factor=1",
-	}
-	ing := startProcess(t, "ingester", append(append([]string{"ingester"}, common...),
-		"--instance.id=ingester", "--grpc.listen-address=127.0.0.1:0", "--storage.path="+filepath.Join(t.TempDir(), "data"))...)
+	ing := startRole(t, "ingester", roleConfig{id: "ingester", rf: 1})
 	agents := map[string]*process{}
 	for _, node := range []string{"node-a", "node-b"} {
-		agents[node] = startProcess(t, "agent-"+node, append(append([]string{"agent"}, common...),
-			"--instance.id=agent-"+node, "--memberlist.join="+ing.gossip,
-			"--agent.kubeconfig="+kubeconfig, "--agent.node-name="+node, "--agent.scrape-interval=1s",
-			"--agent.wal-path="+t.TempDir())...)
+		agents[node] = startRole(t, "agent", roleConfig{id: "agent-" + node, join: ing, rf: 1, flags: []string{
+			"--agent.kubeconfig=" + kube.Kubeconfig, "--agent.node-name=" + node, "--agent.scrape-interval=1s",
+		}})
 	}
-	q := startProcess(t, "querier", append(append([]string{"querier"}, common...), "--instance.id=querier", "--memberlist.join="+ing.gossip)...)
+	q := startRole(t, "querier", roleConfig{id: "querier", join: ing, rf: 1})
 	for _, p := range []*process{ing, agents["node-a"], agents["node-b"], q} {
 		p.waitReady(30 * time.Second)
 	}
@@ -122,24 +84,12 @@ func TestCluster_KubernetesAgentsPartitionTheTargets(t *testing.T) {
 	// Each agent scrapes the pods of its node, and only those.
 	for node, want := range map[string]float64{"node-a": 2, "node-b": 1} {
 		require.Eventually(t, func() bool {
-			m := fetch(t, "http://"+agents[node].http+"/metrics")
-			return scrapePoolTargets(m, "kubernetes-pods") == want
+			got, err := agents[node].metric("prometheus_target_scrape_pool_targets", "scrape_job", "kubernetes-pods")
+			return err == nil && got == want
 		}, 10*time.Second, 100*time.Millisecond, "targets of the agent of %s", node)
 	}
 
 	for _, p := range []*process{agents["node-a"], agents["node-b"], q, ing} {
 		require.NoError(t, p.stop(30*time.Second))
 	}
-}
-
-// scrapePoolTargets reads Prometheus' count of a scrape pool's targets
-// from an exposition, or -1.
-func scrapePoolTargets(exposition, job string) float64 {
-	for _, line := range strings.Split(exposition, "\n") {
-		var v float64
-		if n, _ := fmt.Sscanf(line, `prometheus_target_scrape_pool_targets{scrape_job="`+job+`"} %g`, &v); n == 1 {
-			return v
-		}
-	}
-	return -1
 }

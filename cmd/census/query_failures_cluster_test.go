@@ -4,11 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -23,6 +21,7 @@ import (
 	"github.com/census-metrics/census/distributor"
 	censuspb "github.com/census-metrics/census/proto"
 	"github.com/census-metrics/census/querier"
+	"github.com/census-metrics/census/ring"
 )
 
 // queryCluster is three ingesters (RF 3) and queriers as processes, with
@@ -34,12 +33,9 @@ type queryCluster struct {
 	now       int64 // The newest sample, unix milliseconds.
 }
 
-var clusterCommonFlags = []string{
-	"--http.listen-address=127.0.0.1:0",
-	"--memberlist.bind-address=127.0.0.1:0",
-	"--ring.heartbeat-period=200ms",
-	"--ring.heartbeat-timeout=5s",
-	"--ring.replication-factor=3",
+// queryClusterRole is how every process of a queryCluster runs.
+func queryClusterRole(id string, join *process, flags ...string) roleConfig {
+	return roleConfig{id: id, join: join, rf: 3, heartbeatTimeout: 5 * time.Second, flags: flags}
 }
 
 // startQueryCluster starts three ingesters and pushes 20 series of 40
@@ -49,16 +45,11 @@ func startQueryCluster(t *testing.T) *queryCluster {
 	t.Helper()
 	qc := &queryCluster{}
 	for i := range 3 {
-		args := append([]string{"ingester"}, clusterCommonFlags...)
-		args = append(args,
-			"--instance.id=ingester-"+strconv.Itoa(i),
-			"--grpc.listen-address=127.0.0.1:0",
-			"--storage.path="+filepath.Join(t.TempDir(), "data"),
-		)
+		var join *process
 		if i > 0 {
-			args = append(args, "--memberlist.join="+qc.ingesters[0].gossip)
+			join = qc.ingesters[0]
 		}
-		qc.ingesters = append(qc.ingesters, startProcess(t, fmt.Sprintf("ingester-%d", i), args...))
+		qc.ingesters = append(qc.ingesters, startRole(t, "ingester", queryClusterRole(fmt.Sprintf("ingester-%d", i), join)))
 	}
 	for _, p := range qc.ingesters {
 		p.waitReady(30 * time.Second)
@@ -100,32 +91,18 @@ func startQueryCluster(t *testing.T) *queryCluster {
 // startQuerier starts a querier process that joins the cluster.
 func (qc *queryCluster) startQuerier(t *testing.T, name string, flags ...string) *process {
 	t.Helper()
-	args := append(append([]string{"querier"}, clusterCommonFlags...), "--instance.id="+name, "--memberlist.join="+qc.ingesters[0].gossip)
-	p := startProcess(t, name, append(args, flags...)...)
+	p := startRole(t, "querier", queryClusterRole(name, qc.ingesters[0], flags...))
 	p.waitReady(30 * time.Second)
 	// Ready means joined; wait until the querier's ring also has every
 	// ingester ACTIVE and healthy, so that every read asks all three.
 	require.Eventually(t, func() bool {
-		req, err := http.NewRequest(http.MethodGet, "http://"+p.http+"/ring", nil)
+		instances, err := ringStatus(p)
 		if err != nil {
-			return false
-		}
-		req.Header.Set("Accept", "application/json")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return false
-		}
-		defer resp.Body.Close()
-		var instances []struct {
-			State   string `json:"state"`
-			Healthy bool   `json:"healthy"`
-		}
-		if json.NewDecoder(resp.Body).Decode(&instances) != nil {
 			return false
 		}
 		active := 0
 		for _, inst := range instances {
-			if inst.State == "ACTIVE" && inst.Healthy {
+			if inst.State == ring.ACTIVE && inst.Healthy {
 				active++
 			}
 		}
@@ -150,14 +127,6 @@ func (qc *queryCluster) requests() []clusterRequest {
 		{path: "/api/v1/labels", params: url.Values{"match[]": {`{job=~"api|db"}`}, "start": {start}, "end": {end}}},
 		{path: "/api/v1/label/instance/values", params: url.Values{"match[]": {`requests_total{job="db"}`}, "start": {start}, "end": {end}}},
 	}
-}
-
-// apiCall calls the API of p and returns the status code and envelope.
-func apiCall(t *testing.T, p *process, path string, params url.Values) (int, apiResponse) {
-	t.Helper()
-	code, resp, err := p.apiGet(path, params)
-	require.NoError(t, err)
-	return code, resp
 }
 
 // referenceData returns the data Prometheus' API answers over the same
@@ -185,8 +154,8 @@ func TestCluster_QueryIngesterFailures(t *testing.T) {
 
 	// All up: Prometheus' answers, without warnings.
 	for _, r := range qc.requests() {
-		code, resp := apiCall(t, q, r.path, r.params)
-		require.Equal(t, http.StatusOK, code, "%s: %+v", r.path, resp)
+		resp, err := q.api(r.path, r.params)
+		require.NoError(t, err, r.path)
 		require.JSONEq(t, qc.referenceData(t, r), string(resp.Data), r.path)
 		require.Empty(t, resp.Warnings, r.path)
 	}
@@ -194,8 +163,8 @@ func TestCluster_QueryIngesterFailures(t *testing.T) {
 	// One killed: the same answers, each with a warning naming it.
 	qc.ingesters[1].kill()
 	for _, r := range qc.requests() {
-		code, resp := apiCall(t, q, r.path, r.params)
-		require.Equal(t, http.StatusOK, code, "%s: %+v", r.path, resp)
+		resp, err := q.api(r.path, r.params)
+		require.NoError(t, err, r.path)
 		require.JSONEq(t, qc.referenceData(t, r), string(resp.Data), r.path)
 		require.Len(t, resp.Warnings, 1, r.path)
 		require.Contains(t, resp.Warnings[0], "ingester ingester-1 ", r.path)
@@ -205,13 +174,13 @@ func TestCluster_QueryIngesterFailures(t *testing.T) {
 	// failure (500 internal; label reads 422 execution).
 	qc.ingesters[2].kill()
 	for _, r := range qc.requests() {
-		code, resp := apiCall(t, q, r.path, r.params)
-		require.Equal(t, "error", resp.Status, r.path)
+		resp, err := q.api(r.path, r.params)
+		require.Equal(t, "error", resp.Status, "%s: %v", r.path, err)
 		if strings.HasPrefix(r.path, "/api/v1/label") {
-			require.Equal(t, http.StatusUnprocessableEntity, code, r.path)
+			require.Equal(t, http.StatusUnprocessableEntity, httpCode(err), "%s: %v", r.path, err)
 			require.Equal(t, "execution", resp.ErrorType, r.path)
 		} else {
-			require.Equal(t, http.StatusInternalServerError, code, r.path)
+			require.Equal(t, http.StatusInternalServerError, httpCode(err), "%s: %v", r.path, err)
 			require.Equal(t, "internal", resp.ErrorType, r.path)
 		}
 		require.Contains(t, resp.Error, "2 of 3 ingesters failed", r.path)
@@ -224,8 +193,8 @@ func TestCluster_QueryIngesterFailures(t *testing.T) {
 		for k, v := range r.params {
 			params[k] = v
 		}
-		code, resp = apiCall(t, q, r.path, params)
-		require.Equal(t, http.StatusOK, code, "%s: %+v", r.path, resp)
+		resp, err = q.api(r.path, params)
+		require.NoError(t, err, r.path)
 		require.JSONEq(t, qc.referenceData(t, r), string(resp.Data), r.path)
 		require.Len(t, resp.Warnings, 2, r.path)
 		for _, w := range resp.Warnings {
@@ -288,12 +257,13 @@ func TestCluster_QueryLimits(t *testing.T) {
 			if tc.querier != nil {
 				p = tc.querier
 			}
-			code, resp := apiCall(t, p, tc.path, tc.params)
-			require.Equal(t, tc.wantCode, code, "%+v", resp)
+			resp, err := p.api(tc.path, tc.params)
 			if tc.wantCode == http.StatusOK {
+				require.NoError(t, err)
 				require.Equal(t, "success", resp.Status)
 				return
 			}
+			require.Equal(t, tc.wantCode, httpCode(err), "%v", err)
 			require.Equal(t, "error", resp.Status)
 			require.Equal(t, tc.wantType, resp.ErrorType)
 			require.Contains(t, resp.Error, tc.wantError)
@@ -306,8 +276,8 @@ func TestCluster_QueryLimits(t *testing.T) {
 		require.NoError(t, qc.ingesters[2].cmd.Process.Signal(syscall.SIGSTOP))
 		t.Cleanup(func() { _ = qc.ingesters[2].cmd.Process.Signal(syscall.SIGCONT) })
 		began := time.Now()
-		code, resp := apiCall(t, q, "/api/v1/query", url.Values{"query": {`requests_total`}, "time": {end}})
-		require.Equal(t, http.StatusServiceUnavailable, code, "%+v", resp)
+		resp, err := q.api("/api/v1/query", url.Values{"query": {`requests_total`}, "time": {end}})
+		require.Equal(t, http.StatusServiceUnavailable, httpCode(err), "%v", err)
 		require.Equal(t, "timeout", resp.ErrorType)
 		require.Contains(t, resp.Error, "query timed out")
 		require.Less(t, time.Since(began), 30*time.Second)
@@ -315,11 +285,9 @@ func TestCluster_QueryLimits(t *testing.T) {
 
 	// The querier's metrics saw the rejected queries (the series limit
 	// answered on qSeries, the chunk limit here).
-	resp, err := http.Get("http://" + q.http + "/metrics")
-	require.NoError(t, err)
-	body, err := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	require.NoError(t, err)
-	require.Contains(t, string(body), `census_querier_request_duration_seconds_count{code="422",endpoint="/api/v1/query",method="get"} 1`)
-	require.Contains(t, string(body), `census_querier_request_duration_seconds_count{code="503",endpoint="/api/v1/query",method="get"} 1`)
+	for _, code := range []string{"422", "503"} {
+		n, err := q.metric("census_querier_request_duration_seconds_count", "code", code, "endpoint", "/api/v1/query", "method", "get")
+		require.NoError(t, err)
+		require.Equal(t, 1.0, n, code)
+	}
 }

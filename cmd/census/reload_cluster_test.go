@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -44,18 +43,14 @@ scrape_configs:
 `, job, target.Host), 0o644))
 	}
 	writeJob("first")
-	p := startProcess(t, "all", "all",
-		"--http.listen-address=127.0.0.1:0",
-		"--grpc.listen-address=127.0.0.1:0",
-		"--memberlist.bind-address=127.0.0.1:0",
-		"--storage.path="+filepath.Join(t.TempDir(), "data"),
-		"--config.file="+cfgFile,
-	)
+	p := startRole(t, "all", roleConfig{scrapeConfig: cfgFile})
 	p.waitReady(30 * time.Second)
 	for _, path := range []string{"/-/healthy", "/-/ready"} {
-		require.Equal(t, http.StatusOK, httpStatus(t, http.MethodGet, "http://"+p.http+path), path)
+		_, err := p.get(path)
+		require.NoError(t, err, path)
 	}
-	require.Equal(t, http.StatusMethodNotAllowed, httpStatus(t, http.MethodGet, "http://"+p.http+"/-/reload"))
+	_, err := p.get("/-/reload")
+	require.Equal(t, http.StatusMethodNotAllowed, httpCode(err), "%v", err)
 
 	upFor := func(job string) func() bool {
 		return func() bool {
@@ -67,21 +62,18 @@ scrape_configs:
 
 	// POST /-/reload applies a new job.
 	writeJob("second")
-	require.Equal(t, http.StatusOK, httpStatus(t, http.MethodPost, "http://"+p.http+"/-/reload"))
+	_, err = p.call(http.MethodPost, "/-/reload", nil)
+	require.NoError(t, err)
 	require.Eventually(t, upFor("second"), 30*time.Second, 250*time.Millisecond)
 	// /api/v1/status/config shows the configuration in force.
-	code, status, err := p.apiGet("/api/v1/status/config", nil)
+	status, err := p.api("/api/v1/status/config", nil)
 	require.NoError(t, err)
-	require.Equal(t, http.StatusOK, code)
 	require.Contains(t, string(status.Data), `job_name: second`)
 
 	// A bad configuration is refused with why, and the old one stays.
 	require.NoError(t, os.WriteFile(cfgFile, []byte("scrape_configs: [{job_name: \"\"}]\n"), 0o644))
-	resp, err := http.Post("http://"+p.http+"/-/reload", "", nil)
-	require.NoError(t, err)
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	require.Equal(t, http.StatusInternalServerError, resp.StatusCode)
+	body, err := p.call(http.MethodPost, "/-/reload", nil)
+	require.Equal(t, http.StatusInternalServerError, httpCode(err), "%v", err)
 	require.Contains(t, string(body), "reload failed")
 
 	// SIGHUP reloads too, and does not stop the process.
@@ -90,16 +82,4 @@ scrape_configs:
 	require.Eventually(t, upFor("third"), 30*time.Second, 250*time.Millisecond)
 	require.True(t, strings.Contains(p.log.String(), "Reloaded the configuration"))
 	require.NoError(t, p.stop(30*time.Second))
-}
-
-// httpStatus sends a bodyless request and returns the status code.
-func httpStatus(t *testing.T, method, u string) int {
-	t.Helper()
-	req, err := http.NewRequest(method, u, nil)
-	require.NoError(t, err)
-	resp, err := http.DefaultClient.Do(req)
-	require.NoError(t, err)
-	_, _ = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	return resp.StatusCode
 }

@@ -1,11 +1,8 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
-	"net/http"
 	"path/filepath"
-	"strconv"
 	"testing"
 	"time"
 
@@ -13,32 +10,6 @@ import (
 
 	"github.com/census-metrics/census/ring"
 )
-
-// ringStatus reads p's /ring page as JSON, by instance ID.
-func ringStatus(p *process) (map[string]ring.InstanceStatus, error) {
-	req, err := http.NewRequest(http.MethodGet, "http://"+p.http+"/ring", nil)
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Accept", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("/ring: HTTP %d", resp.StatusCode)
-	}
-	var rows []ring.InstanceStatus
-	if err := json.NewDecoder(resp.Body).Decode(&rows); err != nil {
-		return nil, err
-	}
-	out := map[string]ring.InstanceStatus{}
-	for _, r := range rows {
-		out[r.ID] = r
-	}
-	return out, nil
-}
 
 // TestCluster_RingLifecycle starts three ingesters by hand, as an operator
 // would, and follows them on a querier's /ring page: three ACTIVE
@@ -49,27 +20,22 @@ func TestCluster_RingLifecycle(t *testing.T) {
 	if testing.Short() {
 		t.Skip("multi-process test")
 	}
-	common := []string{
-		"--http.listen-address=127.0.0.1:0",
-		"--memberlist.bind-address=127.0.0.1:0",
-		"--ring.heartbeat-period=200ms",
-		"--ring.heartbeat-timeout=2s",
-		"--ring.auto-forget-after=5s",
-		"--ring.tombstone-timeout=1m",
+	// Every role keeps the default replication factor, 3.
+	role := func(id string, join *process, storage string) roleConfig {
+		return roleConfig{id: id, join: join, heartbeatTimeout: 2 * time.Second, storage: storage,
+			flags: []string{"--ring.auto-forget-after=5s", "--ring.tombstone-timeout=1m"}}
 	}
 	dirs := make([]string, 3)
 	ingesters := make([]*process, 3)
 	for i := range ingesters {
 		dirs[i] = filepath.Join(t.TempDir(), "data")
-		args := append([]string{"ingester"}, common...)
-		args = append(args, "--instance.id=ingester-"+strconv.Itoa(i), "--grpc.listen-address=127.0.0.1:0", "--storage.path="+dirs[i])
+		var join *process
 		if i > 0 {
-			args = append(args, "--memberlist.join="+ingesters[0].gossip)
+			join = ingesters[0]
 		}
-		ingesters[i] = startProcess(t, fmt.Sprintf("ingester-%d", i), args...)
+		ingesters[i] = startRole(t, "ingester", role(fmt.Sprintf("ingester-%d", i), join, dirs[i]))
 	}
-	q := startProcess(t, "querier", append(append([]string{"querier"}, common...),
-		"--instance.id=querier", "--memberlist.join="+ingesters[0].gossip)...)
+	q := startRole(t, "querier", role("querier", ingesters[0], ""))
 
 	var before map[string]ring.InstanceStatus
 	require.Eventually(t, func() bool {
@@ -110,9 +76,7 @@ func TestCluster_RingLifecycle(t *testing.T) {
 	}, 20*time.Second, 100*time.Millisecond, "killed ingester auto-forgotten")
 
 	// A restart on the same data directory takes the same tokens back.
-	ingesters[1] = startProcess(t, "ingester-1-restarted", append(append([]string{"ingester"}, common...),
-		"--instance.id=ingester-1", "--grpc.listen-address=127.0.0.1:0", "--storage.path="+dirs[1],
-		"--memberlist.join="+ingesters[0].gossip)...)
+	ingesters[1] = startRole(t, "ingester", role("ingester-1", ingesters[0], dirs[1]))
 	require.Eventually(t, func() bool {
 		st, err := ringStatus(q)
 		s := st["ingester-1"]

@@ -114,12 +114,9 @@ type queryData struct {
 
 // queryInstant runs an instant query at ts and returns value by label.
 func queryInstant(q *process, expr, byLabel string, ts int64) (map[string]float64, []string, error) {
-	code, resp, err := q.apiGet("/api/v1/query", url.Values{"query": {expr}, "time": {fmt.Sprintf("%.3f", float64(ts)/1000)}})
+	resp, err := q.api("/api/v1/query", url.Values{"query": {expr}, "time": {fmt.Sprintf("%.3f", float64(ts)/1000)}})
 	if err != nil {
-		return nil, nil, err
-	}
-	if code != http.StatusOK {
-		return nil, nil, fmt.Errorf("query %s: HTTP %d: %s: %s", expr, code, resp.ErrorType, resp.Error)
+		return nil, nil, fmt.Errorf("query %s: %w", expr, err)
 	}
 	var d queryData
 	if err := json.Unmarshal(resp.Data, &d); err != nil {
@@ -175,14 +172,13 @@ func checkServedAnswers(t *testing.T, q *process, target *servedTarget, from, to
 	// A range query with a 1s step over the served timestamps: each step
 	// answers the newest sample at or before it.
 	start, end := tss[0], tss[len(tss)-1]
-	code, resp, err := q.apiGet("/api/v1/query_range", url.Values{
+	resp, err := q.api("/api/v1/query_range", url.Values{
 		"query": {"e2e_value"},
 		"start": {fmt.Sprintf("%.3f", float64(start)/1000)},
 		"end":   {fmt.Sprintf("%.3f", float64(end)/1000)},
 		"step":  {"1"},
 	})
 	require.NoError(t, err)
-	require.Equal(t, http.StatusOK, code, "%+v", resp)
 	var d queryData
 	require.NoError(t, json.Unmarshal(resp.Data, &d))
 	require.Equal(t, "matrix", d.ResultType)
@@ -216,34 +212,22 @@ func TestCluster_ScrapeToQuery(t *testing.T) {
 	}
 	target, targetURL := startServedTarget(t)
 
-	common := []string{
-		"--http.listen-address=127.0.0.1:0",
-		"--memberlist.bind-address=127.0.0.1:0",
-		"--ring.heartbeat-period=200ms",
-		"--ring.heartbeat-timeout=5s",
+	role := func(id string, join *process) roleConfig {
+		return roleConfig{id: id, join: join, rf: 3, heartbeatTimeout: 5 * time.Second}
 	}
 	ingesters := make([]*process, 3)
 	for i := range ingesters {
-		args := append([]string{"ingester"}, common...)
-		args = append(args,
-			"--instance.id=ingester-"+strconv.Itoa(i),
-			"--grpc.listen-address=127.0.0.1:0",
-			"--storage.path="+filepath.Join(t.TempDir(), "data"),
-			"--ring.replication-factor=3",
-		)
+		var join *process
 		if i > 0 {
-			args = append(args, "--memberlist.join="+ingesters[0].gossip)
+			join = ingesters[0]
 		}
-		ingesters[i] = startProcess(t, fmt.Sprintf("ingester-%d", i), args...)
+		ingesters[i] = startRole(t, "ingester", role(fmt.Sprintf("ingester-%d", i), join))
 	}
 
-	cfgFile := writeScrapeConfig(t, targetURL.Host)
-	ag := startProcess(t, "agent", append(append([]string{"agent"}, common...),
-		"--instance.id=agent", "--config.file="+cfgFile, "--ring.replication-factor=3",
-		"--memberlist.join="+ingesters[1].gossip)...)
-	q := startProcess(t, "querier", append(append([]string{"querier"}, common...),
-		"--instance.id=querier", "--ring.replication-factor=3",
-		"--memberlist.join="+ingesters[2].gossip)...)
+	agentCfg := role("agent", ingesters[1])
+	agentCfg.scrapeConfig = writeScrapeConfig(t, targetURL.Host)
+	ag := startRole(t, "agent", agentCfg)
+	q := startRole(t, "querier", role("querier", ingesters[2]))
 	for _, p := range append(ingesters, ag, q) {
 		p.waitReady(30 * time.Second)
 	}
@@ -307,9 +291,8 @@ func TestCluster_ScrapeToQuery(t *testing.T) {
 	checkServedAnswers(t, q, target, first, time.Now().Add(-2*time.Second).UnixMilli())
 
 	// Bad input: a malformed expression is Prometheus' bad_data error.
-	code, resp, err := q.apiGet("/api/v1/query", url.Values{"query": {"sum(rate(x[5m]"}})
-	require.NoError(t, err)
-	require.Equal(t, http.StatusBadRequest, code)
+	resp, err := q.api("/api/v1/query", url.Values{"query": {"sum(rate(x[5m]"}})
+	require.Equal(t, http.StatusBadRequest, httpCode(err), "%v", err)
 	require.Equal(t, "error", resp.Status)
 	require.Equal(t, "bad_data", resp.ErrorType)
 	require.Contains(t, resp.Error, "parse error")
