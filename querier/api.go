@@ -171,9 +171,9 @@ func NewAPI(cfg Config, q storage.SampleAndChunkQueryable, build BuildInfo, logg
 		nil,                 // its accepted message types
 		false, false, false, // OTLP receiver and its delta conversions
 		cfg.LookbackDelta,
-		false, // enableTypeAndUnitLabels
-		false, // appendMetadata
-		nil,   // overrideErrorCode
+		false,             // enableTypeAndUnitLabels
+		false,             // appendMetadata
+		overrideErrorCode, // 503 for ErrNoIngesters
 		featureRegistry,
 		v1.OpenAPIOptions{Version: build.Version},
 		nil,   // promqlParser: Prometheus' default
@@ -267,6 +267,8 @@ func (h *apiHandler) serve(w http.ResponseWriter, r *http.Request, ep string) {
 	switch {
 	case ep == "/metadata" && r.Method == http.MethodGet && h.metadata != nil:
 		h.metadata.ServeHTTP(w, r)
+	case ep == "/read":
+		h.router.ServeHTTP(&unavailableWriter{ResponseWriter: w, req: req}, r)
 	case ep == "/label/:name/values" && r.Method == http.MethodPost:
 		// Prometheus registers label values for GET only; clients that
 		// put long match[] selectors in a form body need POST too. The

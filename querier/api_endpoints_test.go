@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	"github.com/prometheus/prometheus/model/exemplar"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/model/metadata"
+	"github.com/prometheus/prometheus/prompb"
 	"github.com/prometheus/prometheus/storage"
 	"github.com/prometheus/prometheus/tsdb"
 	"github.com/stretchr/testify/require"
@@ -325,5 +327,60 @@ func TestAPI_PartialResponse(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// Every endpoint that reads from the ingesters answers 503 "unavailable"
+// while the ring has no instance to ask, rather than an empty success that
+// claims there is no data.
+func TestAPI_NoIngesters(t *testing.T) {
+	census := newAPI(t, newCluster(t, 3).queryable)
+	for _, tc := range []struct {
+		path    string
+		params  url.Values
+		getOnly bool // As in Prometheus.
+	}{
+		{path: "/api/v1/query", params: url.Values{"query": {"up"}, "time": {"10"}}},
+		{path: "/api/v1/query", params: url.Values{"query": {"up"}, "time": {"10"}, "partial_response": {"true"}}},
+		{path: "/api/v1/query_range", params: url.Values{"query": {"rate(up[5m])"}, "start": {"0"}, "end": {"600"}, "step": {"60"}}},
+		{path: "/api/v1/series", params: url.Values{"match[]": {"up"}}},
+		{path: "/api/v1/labels"},
+		{path: "/api/v1/label/job/values"},
+		{path: "/api/v1/metadata", getOnly: true},
+		{path: "/api/v1/query_exemplars", params: url.Values{"query": {"up"}, "start": {"0"}, "end": {"60"}}},
+		{path: "/api/v1/status/tsdb", getOnly: true},
+	} {
+		for _, method := range []string{http.MethodGet, http.MethodPost} {
+			if tc.getOnly && method == http.MethodPost {
+				continue
+			}
+			t.Run(tc.path+" "+tc.params.Encode()+" "+method, func(t *testing.T) {
+				code, body := call(t, census, method, tc.path, tc.params)
+				require.Equal(t, http.StatusServiceUnavailable, code, "body: %s", body)
+				resp := decode(t, body)
+				require.Equal(t, "error", resp.Status)
+				require.Equal(t, "unavailable", resp.ErrorType)
+				require.Contains(t, resp.Error, querier.ErrNoIngesters.Error())
+			})
+		}
+	}
+
+	// Remote read, with samples and with streamed chunks: its answer is
+	// protobuf, its errors are in the envelope like every other endpoint's.
+	for name, typ := range map[string]prompb.ReadRequest_ResponseType{"samples": prompb.ReadRequest_SAMPLES, "streamed chunks": prompb.ReadRequest_STREAMED_XOR_CHUNKS} {
+		t.Run("/api/v1/read "+name, func(t *testing.T) {
+			resp := remoteRead(t, census, &prompb.ReadRequest{
+				Queries:               []*prompb.Query{{StartTimestampMs: 0, EndTimestampMs: 600_000, Matchers: []*prompb.LabelMatcher{{Type: prompb.LabelMatcher_EQ, Name: "__name__", Value: "up"}}}},
+				AcceptedResponseTypes: []prompb.ReadRequest_ResponseType{typ},
+			})
+			defer resp.Body.Close()
+			body, err := io.ReadAll(resp.Body)
+			require.NoError(t, err)
+			require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode, "body: %s", body)
+			require.Equal(t, "application/json", resp.Header.Get("Content-Type"))
+			env := decode(t, body)
+			require.Equal(t, "unavailable", env.ErrorType)
+			require.Contains(t, env.Error, querier.ErrNoIngesters.Error())
+		})
 	}
 }

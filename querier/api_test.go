@@ -290,7 +290,7 @@ func TestAPI_Values(t *testing.T) {
 }
 
 func TestAPI_UnsupportedEndpointsAnswerEmpty(t *testing.T) {
-	census := newAPI(t, newCluster(t, 3).queryable)
+	census := newAPI(t, newCluster(t, 3, newTestDB(t)).queryable)
 	for _, tc := range []struct {
 		path   string
 		params url.Values

@@ -31,16 +31,11 @@ type exemplarQuerier struct {
 // series that match any of the matcher sets, as Prometheus' exemplar
 // storage does.
 func (e *exemplarQuerier) Select(start, end int64, matcherSets ...[]*labels.Matcher) ([]exemplar.QueryResult, error) {
-	out := []exemplar.QueryResult{}
-	instances, unhealthy := e.q.instances()
-	if len(instances) == 0 && len(unhealthy) == 0 {
-		return out, nil
-	}
 	req := &censuspb.ExemplarsRequest{StartMs: start, EndMs: end}
 	for _, ms := range matcherSets {
 		req.MatcherSets = append(req.MatcherSets, &censuspb.MatcherSet{Matchers: censuspb.FromMatchers(ms)})
 	}
-	results, fails := fanOut(e.ctx, e.q, opQueryExemplars, instances, unhealthy, func(ctx context.Context, c censuspb.IngesterClient) ([]exemplar.QueryResult, error) {
+	results, fails := fanOut(e.ctx, e.q, opQueryExemplars, func(ctx context.Context, c censuspb.IngesterClient) ([]exemplar.QueryResult, error) {
 		resp, err := c.QueryExemplars(ctx, req)
 		if err != nil {
 			return nil, err
@@ -67,6 +62,7 @@ func (e *exemplarQuerier) Select(start, end int64, matcherSets ...[]*labels.Matc
 	if err := fails.err(); err != nil {
 		return nil, err
 	}
+	out := []exemplar.QueryResult{}
 	for _, res := range results {
 		out = append(out, res...)
 	}

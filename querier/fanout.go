@@ -100,9 +100,13 @@ type failures struct {
 }
 
 // newFailures returns the failures of a read of asked; unhealthy instances
-// were not asked and count as failed from the start.
+// were not asked and count as failed from the start. Without either, the
+// read fails with ErrNoIngesters, and the request of ctx notes it.
 func newFailures(ctx context.Context, rf int, asked, unhealthy []ring.InstanceDesc) *failures {
 	f := &failures{ctx: ctx, rf: max(rf, 1), all: slices.Concat(asked, unhealthy), partial: partialResponse(ctx)}
+	if req := requestFrom(ctx); req != nil && len(f.all) == 0 {
+		req.noIngesters.Store(true)
+	}
 	for _, inst := range unhealthy {
 		f.failed = append(f.failed, &IngesterError{Instance: inst, Err: errUnhealthy})
 	}
@@ -120,6 +124,10 @@ func (f *failures) err() error {
 	f.mtx.Lock()
 	defer f.mtx.Unlock()
 	switch {
+	case len(f.all) == 0:
+		// Nothing to ask: an empty answer would claim there is no data.
+		// Not even a partial response has anything to show.
+		return ErrNoIngesters
 	case len(f.failed) == 0:
 		return nil
 	case f.timedOut():
@@ -211,10 +219,12 @@ func (q *Queryable) instances() (asked, unhealthy []ring.InstanceDesc) {
 	return asked, unhealthy
 }
 
-// fanOut calls fn once per instance, concurrently, and returns the results
-// indexed like instances along with the failures. A failed call leaves the
-// zero T in its place.
-func fanOut[T any](ctx context.Context, q *Queryable, op string, instances, unhealthy []ring.InstanceDesc, fn func(context.Context, censuspb.IngesterClient) (T, error)) ([]T, *failures) {
+// fanOut calls fn once per instance the read asks, concurrently, and
+// returns the results, a zero T for each failed call, along with the
+// failures. When the ring has no instance to ask, the failures' err is
+// ErrNoIngesters.
+func fanOut[T any](ctx context.Context, q *Queryable, op string, fn func(context.Context, censuspb.IngesterClient) (T, error)) ([]T, *failures) {
+	instances, unhealthy := q.instances()
 	results := make([]T, len(instances))
 	fails := newFailures(ctx, q.ring.ReplicationFactor(), instances, unhealthy)
 	var wg sync.WaitGroup

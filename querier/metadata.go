@@ -26,12 +26,8 @@ func (q *Queryable) metricMetadata(ctx context.Context, metric string, limit, li
 	if limit == 0 {
 		return out, nil, nil
 	}
-	instances, unhealthy := q.instances()
-	if len(instances) == 0 && len(unhealthy) == 0 {
-		return out, nil, nil
-	}
 	req := &censuspb.MetricsMetadataRequest{Metric: metric, Limit: int64(max(limit, 0)), LimitPerMetric: int64(max(limitPerMetric, 0))}
-	results, fails := fanOut(ctx, q, opMetricsMetadata, instances, unhealthy, func(ctx context.Context, c censuspb.IngesterClient) ([]*censuspb.MetricMetadata, error) {
+	results, fails := fanOut(ctx, q, opMetricsMetadata, func(ctx context.Context, c censuspb.IngesterClient) ([]*censuspb.MetricMetadata, error) {
 		resp, err := c.MetricsMetadata(ctx, req)
 		return resp.GetMetadata(), err
 	})

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/storage"
+	"github.com/prometheus/prometheus/tsdb"
 	"github.com/prometheus/prometheus/util/annotations"
 
 	"github.com/census-metrics/census/ring"
@@ -43,7 +44,9 @@ type Ring interface {
 // chunks; it merges what they answer, so each sample stored on several
 // replicas appears once. A read tolerates ReplicationFactor()-1 failed
 // ingesters (or failed zones, see failures), adding a warning that names
-// them; more fail it with an *IngesterErrors. It is safe for concurrent use.
+// them; more fail it with an *IngesterErrors. While the ring lists no
+// instance at all, every read fails with ErrNoIngesters. It is safe for
+// concurrent use.
 type Queryable struct {
 	ring    Ring
 	clients *censuspb.ClientPool
@@ -67,8 +70,18 @@ func NewQueryable(r Ring, clients *censuspb.ClientPool, logger *slog.Logger, reg
 
 // ErrNoIngesters is why a querier is not ready: its ring holds no ACTIVE
 // ingester, so any answer would be empty for want of data, not because
-// there is none.
-var ErrNoIngesters = errors.New("no ACTIVE ingester in the ring yet")
+// there is none. Every read fails with it while the ring lists no ingester
+// to ask. It is a tsdb.ErrNotReady too, so that the HTTP API answers it as
+// Prometheus answers a TSDB that is not ready yet: 503 "unavailable".
+var ErrNoIngesters error = noIngestersError{}
+
+type noIngestersError struct{}
+
+func (noIngestersError) Error() string { return "no ACTIVE ingester in the ring yet" }
+
+// Is reports whether target is tsdb.ErrNotReady: Prometheus' API gives the
+// errors that are the "unavailable" type.
+func (noIngestersError) Is(target error) bool { return target == tsdb.ErrNotReady }
 
 // Ready returns nil once the ring holds at least one ACTIVE ingester, and
 // ErrNoIngesters while it holds none.
@@ -123,13 +136,10 @@ type streams struct {
 
 // open starts a QueryStream on every instance and returns without waiting
 // for them, so the engine's Selects of one query reach the ingesters
-// concurrently; nil means there are no instances. The streams live until
-// Close.
+// concurrently. The streams live until Close. Without instances there are
+// no streams, and their failures are ErrNoIngesters.
 func (r *reader) open(ctx context.Context, hints *storage.SelectHints, matchers []*labels.Matcher) (*streams, error) {
 	instances, unhealthy := r.q.instances()
-	if len(instances) == 0 && len(unhealthy) == 0 {
-		return nil, nil
-	}
 	start, end := r.mint, r.maxt
 	if hints != nil {
 		start, end = hints.Start, hints.End
@@ -236,11 +246,7 @@ func labelLimit(hints *storage.LabelHints) int64 {
 }
 
 func (r *reader) labelQuery(ctx context.Context, op string, hints *storage.LabelHints, call func(context.Context, censuspb.IngesterClient) ([]string, error)) ([]string, annotations.Annotations, error) {
-	instances, unhealthy := r.q.instances()
-	if len(instances) == 0 && len(unhealthy) == 0 {
-		return nil, nil, nil
-	}
-	results, fails := fanOut(ctx, r.q, op, instances, unhealthy, call)
+	results, fails := fanOut(ctx, r.q, op, call)
 	if err := fails.err(); err != nil {
 		return nil, nil, err
 	}
@@ -293,9 +299,6 @@ func (q *querier) Select(ctx context.Context, _ bool, hints *storage.SelectHints
 	if err != nil {
 		return storage.ErrSeriesSet(err)
 	}
-	if st == nil {
-		return storage.EmptySeriesSet()
-	}
 	limit, mint, maxt, trim := 0, q.mint, q.maxt, true
 	if hints != nil {
 		limit, mint, maxt, trim = hints.Limit, hints.Start, hints.End, !hints.DisableTrimming
@@ -306,12 +309,8 @@ func (q *querier) Select(ctx context.Context, _ bool, hints *storage.SelectHints
 // selectLabelSets answers a Select for label sets only with the ingesters'
 // Series call, which sends no chunks.
 func (q *querier) selectLabelSets(ctx context.Context, hints *storage.SelectHints, matchers []*labels.Matcher) storage.SeriesSet {
-	instances, unhealthy := q.q.instances()
-	if len(instances) == 0 && len(unhealthy) == 0 {
-		return storage.EmptySeriesSet()
-	}
 	req := &censuspb.SeriesRequest{StartMs: hints.Start, EndMs: hints.End, Matchers: censuspb.FromMatchers(matchers), Limit: int64(max(hints.Limit, 0))}
-	results, fails := fanOut(ctx, q.q, opSeries, instances, unhealthy, func(ctx context.Context, c censuspb.IngesterClient) ([]labels.Labels, error) {
+	results, fails := fanOut(ctx, q.q, opSeries, func(ctx context.Context, c censuspb.IngesterClient) ([]labels.Labels, error) {
 		resp, err := c.Series(ctx, req)
 		if err != nil {
 			return nil, err
@@ -362,9 +361,6 @@ func (q *chunkQuerier) Select(ctx context.Context, _ bool, hints *storage.Select
 	st, err := q.open(ctx, hints, matchers)
 	if err != nil {
 		return storage.ErrChunkSeriesSet(err)
-	}
-	if st == nil {
-		return storage.EmptyChunkSeriesSet()
 	}
 	limit, mint, maxt := 0, q.mint, q.maxt
 	if hints != nil {

@@ -467,6 +467,8 @@ func requireTolerated(t *testing.T, rf int, failed []*ingesterProc, ws annotatio
 	}
 }
 
+// A ring without instances has no one to ask: every read fails with
+// ErrNoIngesters rather than answer empty, as if there were no data.
 func TestQueryable_NoInstances(t *testing.T) {
 	c := newCluster(t, 3)
 	ctx := context.Background()
@@ -475,24 +477,26 @@ func TestQueryable_NoInstances(t *testing.T) {
 	q, err := c.queryable.Querier(0, 1000)
 	require.NoError(t, err)
 	defer q.Close()
-	got, ws, err := readSeries(t, q.Select(ctx, true, nil, metric))
-	require.NoError(t, err)
-	require.Empty(t, ws)
-	require.Empty(t, got)
-	names, ws, err := q.LabelNames(ctx, nil)
-	require.NoError(t, err)
-	require.Empty(t, ws)
-	require.Empty(t, names)
-	values, _, err := q.LabelValues(ctx, "job", nil)
-	require.NoError(t, err)
-	require.Empty(t, values)
+	_, _, err = readSeries(t, q.Select(ctx, true, nil, metric))
+	require.ErrorIs(t, err, querier.ErrNoIngesters)
+	_, _, err = readSeries(t, q.Select(ctx, true, &storage.SelectHints{Start: 0, End: 1000, Func: "series"}, metric))
+	require.ErrorIs(t, err, querier.ErrNoIngesters)
+	_, _, err = q.LabelNames(ctx, nil)
+	require.ErrorIs(t, err, querier.ErrNoIngesters)
+	_, _, err = q.LabelValues(ctx, "job", nil)
+	require.ErrorIs(t, err, querier.ErrNoIngesters)
 
 	cq, err := c.queryable.ChunkQuerier(0, 1000)
 	require.NoError(t, err)
 	defer cq.Close()
 	set := cq.Select(ctx, true, nil, metric)
 	require.False(t, set.Next())
-	require.NoError(t, set.Err())
+	require.ErrorIs(t, set.Err(), querier.ErrNoIngesters)
+
+	eq, err := c.queryable.ExemplarQuerier(ctx)
+	require.NoError(t, err)
+	_, err = eq.Select(0, 1000, []*labels.Matcher{metric})
+	require.ErrorIs(t, err, querier.ErrNoIngesters)
 }
 
 func TestQueryable_CloseReleasesStreams(t *testing.T) {

@@ -40,6 +40,10 @@ type request struct {
 	// selects counts the Selects that reached the ingesters, so label-only
 	// requests do not count as queries that fetched nothing.
 	selects atomic.Int64
+	// noIngesters is set once a read of the request failed with
+	// ErrNoIngesters, for the endpoints whose handler answers the error
+	// without the error's type (remote read).
+	noIngesters atomic.Bool
 }
 
 type requestKey struct{}

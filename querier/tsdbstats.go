@@ -46,21 +46,16 @@ type clusterStats struct {
 func (s *clusterStats) Stats(statsByLabelName string, limit int) (*tsdb.Stats, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
 	defer cancel()
-	instances, unhealthy := s.q.instances()
-	out := &tsdb.Stats{MinTime: math.MaxInt64, MaxTime: math.MinInt64, IndexPostingStats: &index.PostingsStats{}}
-	if len(instances) == 0 && len(unhealthy) == 0 {
-		s.setChunks(0)
-		return out, nil
-	}
 	req := &censuspb.TSDBStatsRequest{Limit: int64(2 * limit), LabelName: statsByLabelName}
-	results, fails := fanOut(ctx, s.q, opTSDBStats, instances, unhealthy, func(ctx context.Context, c censuspb.IngesterClient) (*censuspb.TSDBStatsResponse, error) {
+	results, fails := fanOut(ctx, s.q, opTSDBStats, func(ctx context.Context, c censuspb.IngesterClient) (*censuspb.TSDBStatsResponse, error) {
 		return c.TSDBStats(ctx, req)
 	})
 	if err := fails.err(); err != nil {
 		return nil, err
 	}
 
-	total := len(instances) + len(unhealthy)
+	out := &tsdb.Stats{MinTime: math.MaxInt64, MaxTime: math.MinInt64, IndexPostingStats: &index.PostingsStats{}}
+	total := len(fails.all)
 	answered := 0
 	for _, r := range results {
 		if r != nil {
