@@ -10,12 +10,12 @@ import (
 	censuspb "github.com/census-metrics/census/proto"
 )
 
-// RegisterServer registers i on s as the censuspb.Ingester service, with a
+// registerService registers i on s as the censuspb.Ingester service, with a
 // Push that takes its request undecoded and reads it with a
 // censuspb.PushDecoder, so a push allocates about one object per series:
 // its labels. Requests and answers are the same as
 // with censuspb.RegisterIngesterServer, and s needs no special codec.
-func RegisterServer(s grpc.ServiceRegistrar, i *Ingester) {
+func registerService(s grpc.ServiceRegistrar, i *Ingester) {
 	desc := censuspb.Ingester_ServiceDesc
 	desc.Methods = slices.Clone(desc.Methods)
 	for k := range desc.Methods {
@@ -26,7 +26,7 @@ func RegisterServer(s grpc.ServiceRegistrar, i *Ingester) {
 	s.RegisterService(&desc, i)
 }
 
-// pushEncodedHandler is the gRPC handler of RegisterServer's Push: gRPC's
+// pushEncodedHandler is the gRPC handler of registerService's Push: gRPC's
 // codec hands it the request undecoded, in an encodedRequest.
 func pushEncodedHandler(srv any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) {
 	i := srv.(*Ingester)

@@ -12,16 +12,17 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/census-metrics/census/ingester"
 	censuspb "github.com/census-metrics/census/proto"
 )
 
-// TestRegisterServer_DecodesAsGenerated pushes the same requests through
-// RegisterServer's Push, which decodes the wire form itself, and through
-// the generated decoding (calling Push directly): the answers and the
-// stored data are the same.
-func TestRegisterServer_DecodesAsGenerated(t *testing.T) {
+// TestServer_DecodesAsGenerated pushes the same requests through the
+// Server's Push, which decodes the wire form with censuspb.PushDecoder, and
+// through the generated decoding: the answers and the stored data are the
+// same.
+func TestServer_DecodesAsGenerated(t *testing.T) {
 	encoded := startIngester(t, t.TempDir())
-	generated := startIngester(t, t.TempDir())
+	generated := startIngesterServing(t, testConfig(t.TempDir()), ingester.NewGeneratedServer)
 	h := tsdbutil.GenerateTestHistogram(1)
 	reqs := []*censuspb.PushRequest{
 		{Series: []*censuspb.TimeSeries{
@@ -49,7 +50,7 @@ func TestRegisterServer_DecodesAsGenerated(t *testing.T) {
 	}
 	for i, req := range reqs {
 		_, errEncoded := encoded.client.Push(context.Background(), req)
-		_, errGenerated := generated.ing.Push(context.Background(), req)
+		_, errGenerated := generated.client.Push(context.Background(), req)
 		require.Equal(t, status.Code(errGenerated), status.Code(errEncoded), "request %d: %v", i, errEncoded)
 		require.Equal(t, status.Convert(errGenerated).Message(), status.Convert(errEncoded).Message(), "request %d", i)
 		require.Equal(t, len(status.Convert(errGenerated).Details()), len(status.Convert(errEncoded).Details()), "request %d", i)
@@ -72,7 +73,7 @@ func TestRegisterServer_DecodesAsGenerated(t *testing.T) {
 	}
 }
 
-func TestRegisterServer_Malformed(t *testing.T) {
+func TestServer_Malformed(t *testing.T) {
 	ti := startIngester(t, t.TempDir())
 	good, err := proto.Marshal(&censuspb.PushRequest{Series: []*censuspb.TimeSeries{series(pairs("__name__", "m"), sample{T: 1000, V: 1})}})
 	require.NoError(t, err)

@@ -13,14 +13,6 @@ import (
 // the series that match any of the request's matcher sets, as Prometheus'
 // /api/v1/query_exemplars answers from one TSDB.
 func (i *Ingester) QueryExemplars(ctx context.Context, req *censuspb.ExemplarsRequest) (*censuspb.ExemplarsResponse, error) {
-	resp, err := i.queryExemplars(ctx, req)
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	return resp, nil
-}
-
-func (i *Ingester) queryExemplars(ctx context.Context, req *censuspb.ExemplarsRequest) (*censuspb.ExemplarsResponse, error) {
 	sets := make([][]*labels.Matcher, 0, len(req.GetMatcherSets()))
 	for _, set := range req.GetMatcherSets() {
 		ms, err := toMatchers(set.GetMatchers())
@@ -33,7 +25,7 @@ func (i *Ingester) queryExemplars(ctx context.Context, req *censuspb.ExemplarsRe
 	if err != nil {
 		return nil, err
 	}
-	defer i.mtx.RUnlock()
+	defer i.release()
 
 	if i.cfg.MaxExemplars == 0 || len(sets) == 0 {
 		return &censuspb.ExemplarsResponse{}, nil

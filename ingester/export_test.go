@@ -1,6 +1,13 @@
 package ingester
 
-import "context"
+import (
+	"context"
+	"net"
+
+	"google.golang.org/grpc"
+
+	censuspb "github.com/census-metrics/census/proto"
+)
 
 // CompactHead runs the TSDB's compaction now instead of on its minute
 // timer: the head becomes a block once it spans 1.5 block ranges.
@@ -8,9 +15,20 @@ func (i *Ingester) CompactHead(ctx context.Context) error {
 	return i.openDB.Load().Compact(ctx)
 }
 
-// PushEncoded is RegisterServer's Push without gRPC, for benchmarks to
+// PushEncoded is registerService's Push without gRPC, for benchmarks to
 // tell the ingester's cost from the transport's.
 func (i *Ingester) PushEncoded(ctx context.Context, req []byte) error {
 	_, err := i.pushEncoded(ctx, req)
 	return err
+}
+
+// ToStatus is the error mapping of a Server's interceptors, for tests that
+// call the ingester's methods directly.
+func ToStatus(err error) error { return toStatus(err) }
+
+// NewGeneratedServer is NewServer with the generated code's Push, which
+// decodes the request with proto.Unmarshal, for tests to compare it with
+// registerService's decoder.
+func NewGeneratedServer(i *Ingester, ln net.Listener) *Server {
+	return newServer(i, ln, func(s *grpc.Server) { censuspb.RegisterIngesterServer(s, i) })
 }

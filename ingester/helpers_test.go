@@ -51,6 +51,13 @@ func startIngester(t testing.TB, dir string) *testIngester {
 // startIngesterWith is startIngester with cfg.
 func startIngesterWith(t testing.TB, cfg ingester.Config) *testIngester {
 	t.Helper()
+	return startIngesterServing(t, cfg, func(i *ingester.Ingester, ln net.Listener) *ingester.Server { return ingester.NewServer(i, ln) })
+}
+
+// startIngesterServing is startIngesterWith with the gRPC server newServer
+// returns.
+func startIngesterServing(t testing.TB, cfg ingester.Config, newServer func(*ingester.Ingester, net.Listener) *ingester.Server) *testIngester {
+	t.Helper()
 	reg := prometheus.NewPedanticRegistry()
 	ing, err := ingester.New(cfg, nil, reg)
 	require.NoError(t, err)
@@ -60,10 +67,9 @@ func startIngesterWith(t testing.TB, cfg ingester.Config) *testIngester {
 
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	srv := grpc.NewServer(grpc.MaxRecvMsgSize(int(cfg.Limits.MaxRequestBytes)))
-	ingester.RegisterServer(srv, ing)
+	srvCtx, stopServer := context.WithCancel(context.Background())
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve(lis) }()
+	go func() { served <- newServer(ing, lis).Run(srvCtx) }()
 
 	pool := censuspb.NewClientPool()
 	client, err := pool.Get(lis.Addr().String())
@@ -75,7 +81,7 @@ func startIngesterWith(t testing.TB, cfg ingester.Config) *testIngester {
 	stop := func() {
 		once.Do(func() {
 			require.NoError(t, pool.Close())
-			srv.Stop()
+			stopServer()
 			require.NoError(t, <-served)
 			cancel()
 			require.NoError(t, <-ran)

@@ -62,7 +62,7 @@ type Ingester struct {
 	syncer *walSyncer
 
 	// pushStates pools *pushState, the scratch space of one Push, and
-	// encodedRequests *encodedRequest, the request of RegisterServer's.
+	// encodedRequests *encodedRequest, the request of registerService's Push.
 	pushStates      sync.Pool
 	encodedRequests sync.Pool
 }
@@ -251,8 +251,8 @@ func (i *Ingester) notServingLocked() error {
 }
 
 // acquire holds the TSDB open for one request. On success the caller must
-// call i.mtx.RUnlock when done; it is not a returned closure because that
-// would allocate on every push.
+// call release when done. (A returned closure would allocate on every
+// push.)
 func (i *Ingester) acquire() (*tsdb.DB, error) {
 	if i.stopping.Load() {
 		return nil, errStopping
@@ -264,6 +264,9 @@ func (i *Ingester) acquire() (*tsdb.DB, error) {
 	}
 	return i.db, nil
 }
+
+// release ends what a successful acquire began.
+func (i *Ingester) release() { i.mtx.RUnlock() }
 
 // teeRegisterer registers every collector on its own registry, which the
 // ingester gathers from, and on the caller's registerer, if any.

@@ -135,6 +135,7 @@ func TestIngester_NotServingUntilRun(t *testing.T) {
 	require.NoError(t, err)
 	require.EqualError(t, ing.Ready(), "ingester is starting: not running yet")
 	_, err = ing.Push(context.Background(), &censuspb.PushRequest{Series: []*censuspb.TimeSeries{series(pairs("__name__", "up"), sample{T: 1, V: 1})}})
+	err = ingester.ToStatus(err)
 	require.Equal(t, codes.Unavailable, status.Code(err), "error: %v", err)
 	require.Contains(t, status.Convert(err).Message(), "ingester is starting")
 
@@ -164,9 +165,9 @@ func TestIngester_Restart(t *testing.T) {
 	// client tries another replica.
 	require.EqualError(t, first.ing.Ready(), "ingester is stopping")
 	_, err := first.ing.Push(context.Background(), &censuspb.PushRequest{Series: []*censuspb.TimeSeries{series(pairs(a...), sample{T: 20_000, V: 1})}})
-	require.Equal(t, codes.Unavailable, status.Code(err), "error: %v", err)
+	require.Equal(t, codes.Unavailable, status.Code(ingester.ToStatus(err)), "error: %v", err)
 	_, err = first.ing.LabelNames(context.Background(), &censuspb.LabelNamesRequest{EndMs: 1})
-	require.Equal(t, codes.Unavailable, status.Code(err), "error: %v", err)
+	require.Equal(t, codes.Unavailable, status.Code(ingester.ToStatus(err)), "error: %v", err)
 
 	// The clean stop wrote a head snapshot, so the restart replays no WAL
 	// record, and everything acknowledged is back.
@@ -445,6 +446,7 @@ func TestIngester_StopFinishesInFlightRequests(t *testing.T) {
 		var o observed
 		o.ready = ti.ing.Ready()
 		_, o.pushErr = ti.ing.Push(context.Background(), &censuspb.PushRequest{Series: []*censuspb.TimeSeries{series(pairs(upA...), sample{T: 9000, V: 1})}})
+		o.pushErr = ingester.ToStatus(o.pushErr)
 		o.stoppedBeforeQuery = stopReturned.Load()
 		seen <- o
 		close(s.release)

@@ -165,12 +165,12 @@ func metricFamily(name string, m metadata.Metadata) string {
 // metadata once, families sorted by name.
 func (i *Ingester) MetricsMetadata(_ context.Context, req *censuspb.MetricsMetadataRequest) (*censuspb.MetricsMetadataResponse, error) {
 	if req.GetLimit() < 0 || req.GetLimitPerMetric() < 0 {
-		return nil, toStatus(fmt.Errorf("%w: limit %d and limit_per_metric %d must not be negative", errInvalidLimit, req.GetLimit(), req.GetLimitPerMetric()))
+		return nil, fmt.Errorf("%w: limit %d and limit_per_metric %d must not be negative", errInvalidLimit, req.GetLimit(), req.GetLimitPerMetric())
 	}
 	if _, err := i.acquire(); err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
-	defer i.mtx.RUnlock()
+	defer i.release()
 	return &censuspb.MetricsMetadataResponse{
 		Metadata: i.metadata.query(req.GetMetric(), int(req.GetLimit()), int(req.GetLimitPerMetric()), time.Now()),
 	}, nil

@@ -43,11 +43,11 @@ func (i *Ingester) Push(ctx context.Context, req *censuspb.PushRequest) (*census
 	return i.pushResult(err)
 }
 
-// pushResult counts a push by its outcome and converts it for gRPC.
+// pushResult counts a push by its outcome.
 func (i *Ingester) pushResult(err error) (*censuspb.PushResponse, error) {
 	i.metrics.pushRequests.WithLabelValues(statusCode(err).String()).Inc()
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	return &censuspb.PushResponse{}, nil
 }
@@ -59,7 +59,7 @@ func (i *Ingester) pushWith(ctx context.Context, each func(st *pushState) error)
 	if err != nil {
 		return err
 	}
-	defer i.mtx.RUnlock()
+	defer i.release()
 
 	st := i.getPushState(ctx, db)
 	defer i.putPushState(st)
@@ -124,7 +124,7 @@ type pushState struct {
 	exemplarBuf        []exemplar.Exemplar
 	exemplarsDiscarded map[string]int
 	meta               []familyMetadata     // Metadata seen, for i.metadata.
-	wire               censuspb.PushDecoder // The series being decoded, for RegisterServer's Push.
+	wire               censuspb.PushDecoder // The series being decoded, for registerService's Push.
 }
 
 // sample is one float or native histogram sample.

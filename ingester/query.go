@@ -30,7 +30,7 @@ const (
 // ResourceExhausted; a caller that goes away stops the
 // reading at the next series.
 func (i *Ingester) QueryStream(req *censuspb.QueryStreamRequest, stream censuspb.Ingester_QueryStreamServer) error {
-	return toStatus(i.queryStream(stream.Context(), req, stream))
+	return i.queryStream(stream.Context(), req, stream)
 }
 
 func (i *Ingester) queryStream(ctx context.Context, req *censuspb.QueryStreamRequest, stream censuspb.Ingester_QueryStreamServer) (err error) {
@@ -42,7 +42,7 @@ func (i *Ingester) queryStream(ctx context.Context, req *censuspb.QueryStreamReq
 	if err != nil {
 		return err
 	}
-	defer i.mtx.RUnlock()
+	defer i.release()
 
 	q, err := db.ChunkQuerier(req.GetStartMs(), req.GetEndMs())
 	if err != nil {
@@ -159,7 +159,7 @@ func (f *frame) flush() error {
 func (i *Ingester) LabelNames(ctx context.Context, req *censuspb.LabelNamesRequest) (*censuspb.LabelNamesResponse, error) {
 	names, err := i.labelNames(ctx, req)
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	return &censuspb.LabelNamesResponse{Names: names}, nil
 }
@@ -188,7 +188,7 @@ func (i *Ingester) labelNames(ctx context.Context, req *censuspb.LabelNamesReque
 func (i *Ingester) LabelValues(ctx context.Context, req *censuspb.LabelValuesRequest) (*censuspb.LabelValuesResponse, error) {
 	values, err := i.labelValues(ctx, req)
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	return &censuspb.LabelValuesResponse{Values: values}, nil
 }
@@ -217,7 +217,7 @@ func (i *Ingester) labelValues(ctx context.Context, req *censuspb.LabelValuesReq
 func (i *Ingester) Series(ctx context.Context, req *censuspb.SeriesRequest) (*censuspb.SeriesResponse, error) {
 	series, err := i.series(ctx, req)
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	return &censuspb.SeriesResponse{Series: series}, nil
 }
@@ -267,14 +267,14 @@ func (i *Ingester) querier(mint, maxt int64) (storage.Querier, func(err *error),
 	}
 	q, err := db.Querier(mint, maxt)
 	if err != nil {
-		i.mtx.RUnlock()
+		i.release()
 		return nil, nil, fmt.Errorf("open querier: %w", err)
 	}
 	release := func(err *error) {
 		if cerr := q.Close(); cerr != nil && *err == nil {
 			*err = fmt.Errorf("close querier: %w", cerr)
 		}
-		i.mtx.RUnlock()
+		i.release()
 	}
 	return q, release, nil
 }

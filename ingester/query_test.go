@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/census-metrics/census/ingester"
 	censuspb "github.com/census-metrics/census/proto"
 )
 
@@ -181,7 +182,7 @@ func TestIngester_QueryStreamStopsWhenCallerIsGone(t *testing.T) {
 				StartMs: 0, EndMs: 200_000,
 				Matchers: censuspb.FromMatchers([]*labels.Matcher{labels.MustNewMatcher(labels.MatchRegexp, "__name__", ".+")}),
 			}, s)
-			require.Equal(t, tc.want, status.Code(err), "error: %v", err)
+			require.Equal(t, tc.want, status.Code(ingester.ToStatus(err)), "error: %v", err)
 			require.Zero(t, s.sent)
 		})
 	}
@@ -375,7 +376,7 @@ func TestIngester_QueryStreamStopsMidStream(t *testing.T) {
 		StartMs: 0, EndMs: 2000,
 		Matchers: censuspb.FromMatchers([]*labels.Matcher{labels.MustNewMatcher(labels.MatchEqual, "__name__", "many")}),
 	}, s)
-	require.Equal(t, codes.Canceled, status.Code(err), "error: %v", err)
+	require.Equal(t, codes.Canceled, status.Code(ingester.ToStatus(err)), "error: %v", err)
 	require.Equal(t, 1, s.sent, "the first frame of 128 series, then nothing more")
 }
 

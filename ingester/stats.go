@@ -22,14 +22,6 @@ const (
 // Prometheus' /api/v1/status/tsdb does for its own: series count, time range
 // and chunk count of the head, and its top label statistics.
 func (i *Ingester) TSDBStats(_ context.Context, req *censuspb.TSDBStatsRequest) (*censuspb.TSDBStatsResponse, error) {
-	resp, err := i.tsdbStats(req)
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	return resp, nil
-}
-
-func (i *Ingester) tsdbStats(req *censuspb.TSDBStatsRequest) (*censuspb.TSDBStatsResponse, error) {
 	limit := int(req.GetLimit())
 	switch {
 	case req.GetLimit() < 0 || req.GetLimit() > maxStatsLimit:
@@ -45,7 +37,7 @@ func (i *Ingester) tsdbStats(req *censuspb.TSDBStatsRequest) (*censuspb.TSDBStat
 	if err != nil {
 		return nil, err
 	}
-	defer i.mtx.RUnlock()
+	defer i.release()
 
 	s := db.Head().Stats(byLabel, limit)
 	resp := &censuspb.TSDBStatsResponse{

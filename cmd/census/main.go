@@ -25,7 +25,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/prometheus/common/version"
 	"github.com/prometheus/prometheus/config"
-	"google.golang.org/grpc"
 
 	"github.com/census-metrics/census/agent"
 	"github.com/census-metrics/census/distributor"
@@ -262,30 +261,24 @@ func start(o *options, logger *slog.Logger) error {
 	// server already answers Unavailable, so senders use other replicas.
 	var (
 		instanceAddr, grpcAddr string
-		grpcSrv                *grpc.Server
-		grpcLn                 net.Listener
+		grpcSrv                *ingester.Server
 		ing                    *ingester.Ingester
 	)
 	if o.role.ingester {
-		grpcLn, err = net.Listen("tcp", o.grpcAddr)
+		grpcLn, err := net.Listen("tcp", o.grpcAddr)
 		if err != nil {
 			return fmt.Errorf("listen for gRPC: %w", err)
 		}
 		defer grpcLn.Close()
 		grpcAddr = grpcLn.Addr().String()
-		instanceAddr = advertiseAddr(grpcLn.Addr())
+		instanceAddr = ingester.AdvertiseAddr(grpcLn.Addr())
 
 		ing, err = ingester.New(o.ingester, logger.With("component", "ingester"), reg)
 		if err != nil {
 			return err
 		}
 		ready.add("ingester", ing.Ready)
-		grpcSrv = grpc.NewServer(
-			// Pushes are the only big messages an ingester receives.
-			grpc.MaxRecvMsgSize(int(o.ingester.Limits.MaxRequestBytes)),
-			grpc.MaxSendMsgSize(censuspb.MaxMessageSize),
-		)
-		ingester.RegisterServer(grpcSrv, ing)
+		grpcSrv = ingester.NewServer(ing, grpcLn)
 	}
 
 	// Ring: every role is a member; an ingester also owns tokens, kept in
@@ -381,20 +374,9 @@ func start(o *options, logger *slog.Logger) error {
 			}
 		})
 		// Then the gRPC server drains: in-flight pushes and queries
-		// finish, new ones fail with Unavailable, and after ten seconds
-		// the stragglers (a client that stopped reading its stream) are
-		// cut off.
-		life.add("grpc", func(ctx context.Context) error {
-			errc := make(chan error, 1)
-			go func() { errc <- grpcSrv.Serve(grpcLn) }()
-			select {
-			case err := <-errc:
-				return err
-			case <-ctx.Done():
-				stopGRPC(grpcSrv, 10*time.Second)
-				return <-errc
-			}
-		}, nil)
+		// finish, new ones fail with Unavailable, and after
+		// ingester.DrainTimeout the stragglers are cut off.
+		life.add("grpc", grpcSrv.Run, nil)
 		// Then the ingester refuses what is left, waits for the requests
 		// it still holds, and closes the TSDB with a head snapshot, so the
 		// next start replays no WAL.
@@ -582,39 +564,6 @@ scrape_configs:
     static_configs:
       - targets: [%[1]q]
 `
-
-// stopGRPC drains in-flight calls, forcing the stop after timeout.
-func stopGRPC(srv *grpc.Server, timeout time.Duration) {
-	done := make(chan struct{})
-	go func() {
-		srv.GracefulStop()
-		close(done)
-	}()
-	select {
-	case <-done:
-	case <-time.After(timeout):
-		srv.Stop()
-		<-done
-	}
-}
-
-// advertiseAddr is the address other components dial for a listener: its
-// own when bound to one IP, else this host's first non-loopback address.
-func advertiseAddr(a net.Addr) string {
-	tcp := a.(*net.TCPAddr)
-	if !tcp.IP.IsUnspecified() {
-		return tcp.String()
-	}
-	addrs, err := net.InterfaceAddrs()
-	if err == nil {
-		for _, addr := range addrs {
-			if ipn, ok := addr.(*net.IPNet); ok && !ipn.IP.IsLoopback() && ipn.IP.To4() != nil {
-				return net.JoinHostPort(ipn.IP.String(), fmt.Sprint(tcp.Port))
-			}
-		}
-	}
-	return net.JoinHostPort("127.0.0.1", fmt.Sprint(tcp.Port))
-}
 
 // localURLHost is host:port for reaching a local listener from this
 // machine: localhost when it is bound to every address.
