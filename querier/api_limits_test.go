@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/prometheus/model/labels"
 	"github.com/stretchr/testify/require"
 
 	"github.com/census-metrics/census/querier"
@@ -94,6 +95,65 @@ func TestAPI_Limits(t *testing.T) {
 			require.Equal(t, tc.wantType, resp.ErrorType)
 			require.Contains(t, resp.Error, tc.wantError)
 		})
+	}
+}
+
+// Every ingester is handed the query's limits, so it can stop as soon as
+// what it alone sends breaches one; a request whose own limit keeps it
+// within them hands none.
+func TestAPI_LimitsReachIngesters(t *testing.T) {
+	data := testData()
+	c := newCluster(t, 3, dbWith(t, data), dbWith(t, data), dbWith(t, data))
+	cfg := testConfig
+	cfg.MaxSeries, cfg.MaxChunks = 100, 1000
+	h, _ := newAPIWithConfig(t, cfg, c.queryable)
+
+	for _, tc := range []struct {
+		name                         string
+		path                         string
+		params                       url.Values
+		wantMaxSeries, wantMaxChunks int64 // Of the QueryStream, or of the Series request.
+		wantLimit                    int64 // Of the Series request.
+	}{
+		{name: "instant query", path: "/api/v1/query", params: url.Values{"query": {`http_requests_total`}, "time": {"1800"}}, wantMaxSeries: 100, wantMaxChunks: 1000},
+		{name: "range query", path: "/api/v1/query_range", params: url.Values{"query": {`rate(http_requests_total[5m])`}, "start": {"0"}, "end": {"3600"}, "step": {"60"}}, wantMaxSeries: 100, wantMaxChunks: 1000},
+		{name: "series", path: "/api/v1/series", params: url.Values{"match[]": {`http_requests_total`}}, wantMaxSeries: 100},
+		{name: "series with a larger limit", path: "/api/v1/series", params: url.Values{"match[]": {`http_requests_total`}, "limit": {"500"}}, wantMaxSeries: 100, wantLimit: 501},
+		{name: "series with a smaller limit", path: "/api/v1/series", params: url.Values{"match[]": {`http_requests_total`}, "limit": {"5"}}, wantLimit: 6},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, ing := range c.ingesters {
+				ing.lastQueryStream.Store(nil)
+				ing.lastSeries.Store(nil)
+			}
+			code, body := call(t, h, http.MethodGet, tc.path, tc.params)
+			require.Equal(t, http.StatusOK, code, "body: %s", body)
+			for _, ing := range c.ingesters {
+				if tc.path == "/api/v1/series" {
+					req := ing.lastSeries.Load()
+					require.NotNil(t, req, "ingester %s asked", ing.desc.ID)
+					require.Equal(t, tc.wantMaxSeries, req.GetMaxSeries())
+					require.Equal(t, tc.wantLimit, req.GetLimit())
+					continue
+				}
+				req := ing.lastQueryStream.Load()
+				require.NotNil(t, req, "ingester %s asked", ing.desc.ID)
+				require.Equal(t, tc.wantMaxSeries, req.GetMaxSeries())
+				require.Equal(t, tc.wantMaxChunks, req.GetMaxChunks())
+			}
+		})
+	}
+
+	// Reads outside the HTTP API have no limits, and hand none.
+	q, err := c.queryable.Querier(0, 3_600_000)
+	require.NoError(t, err)
+	defer q.Close()
+	_, _, err = readSeries(t, q.Select(context.Background(), true, nil, mustMatcher(t, labels.MatchEqual, labels.MetricName, "http_requests_total")))
+	require.NoError(t, err)
+	for _, ing := range c.ingesters {
+		req := ing.lastQueryStream.Load()
+		require.Zero(t, req.GetMaxSeries())
+		require.Zero(t, req.GetMaxChunks())
 	}
 }
 

@@ -51,11 +51,16 @@ type testIngester struct {
 
 	// metadata is what MetricsMetadata answers, by metric family.
 	metadata map[string][]metadata.Metadata
+
+	// The last request of QueryStream and of Series.
+	lastQueryStream atomic.Pointer[censuspb.QueryStreamRequest]
+	lastSeries      atomic.Pointer[censuspb.SeriesRequest]
 }
 
 const seriesPerFrame = 3
 
 func (s *testIngester) QueryStream(req *censuspb.QueryStreamRequest, stream grpc.ServerStreamingServer[censuspb.QueryStreamResponse]) error {
+	s.lastQueryStream.Store(req)
 	s.openStreams.Add(1)
 	defer s.openStreams.Add(-1)
 	defer func() {
@@ -149,6 +154,7 @@ func (s *testIngester) LabelValues(ctx context.Context, req *censuspb.LabelValue
 }
 
 func (s *testIngester) Series(ctx context.Context, req *censuspb.SeriesRequest) (*censuspb.SeriesResponse, error) {
+	s.lastSeries.Store(req)
 	ms, q, err := s.querier(req.GetMatchers(), req.GetStartMs(), req.GetEndMs())
 	if err != nil {
 		return nil, err

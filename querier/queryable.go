@@ -140,11 +140,20 @@ type streams struct {
 // no streams, and their failures are ErrNoIngesters.
 func (r *reader) open(ctx context.Context, hints *storage.SelectHints, matchers []*labels.Matcher) (*streams, error) {
 	instances, unhealthy := r.q.instances()
-	start, end := r.mint, r.maxt
+	start, end, limit := r.mint, r.maxt, 0
 	if hints != nil {
-		start, end = hints.Start, hints.End
+		start, end, limit = hints.Start, hints.End, hints.Limit
 	}
 	req := &censuspb.QueryStreamRequest{StartMs: start, EndMs: end, Matchers: censuspb.FromMatchers(matchers)}
+	rq := requestFrom(ctx)
+	if rq != nil && limit <= 0 {
+		// Each ingester stops once it alone would breach a limit of the
+		// query: what one sends counts in full against the query's total,
+		// so it stops no query that would answer. A Select with a series
+		// limit hands none: the ingesters do not know the hint, and would
+		// stop at series the merge never reads.
+		req.MaxSeries, req.MaxChunks = rq.maxSeries, rq.maxChunks
+	}
 
 	r.mtx.Lock()
 	defer r.mtx.Unlock()
@@ -156,7 +165,7 @@ func (r *reader) open(ctx context.Context, hints *storage.SelectHints, matchers 
 
 	st := &streams{
 		fails:  newFailures(ctx, r.q.ring.ReplicationFactor(), instances, unhealthy),
-		req:    requestFrom(ctx),
+		req:    rq,
 		cancel: cancel,
 		all:    make([]*ingesterStream, len(instances)),
 	}
@@ -310,6 +319,12 @@ func (q *querier) Select(ctx context.Context, _ bool, hints *storage.SelectHints
 // Series call, which sends no chunks.
 func (q *querier) selectLabelSets(ctx context.Context, hints *storage.SelectHints, matchers []*labels.Matcher) storage.SeriesSet {
 	req := &censuspb.SeriesRequest{StartMs: hints.Start, EndMs: hints.End, Matchers: censuspb.FromMatchers(matchers), Limit: int64(max(hints.Limit, 0))}
+	if rq := requestFrom(ctx); rq != nil && (req.Limit == 0 || req.Limit > rq.maxSeries) {
+		// Each ingester fails once it alone would answer more series than
+		// the query may fetch; a limit no larger than that cannot be
+		// breached, and then the ingesters get none.
+		req.MaxSeries = rq.maxSeries
+	}
 	results, fails := fanOut(ctx, q.q, opSeries, func(ctx context.Context, c censuspb.IngesterClient) ([]labels.Labels, error) {
 		resp, err := c.Series(ctx, req)
 		if err != nil {
