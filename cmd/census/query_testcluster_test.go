@@ -40,20 +40,18 @@ type testCluster struct {
 	queryable *querier.Queryable
 	// reg holds the querier's metrics.
 	reg *prometheus.Registry
-	// running are the ingesters behind the servers now.
-	running []*runningIngester
 }
 
-// clusterIngester is one ingester of a testCluster. Its gRPC server and ring
-// member live as long as the cluster; the ingester behind them can be
-// replaced by a fresh one (reset), which is how the PromQL suite's "clear"
-// gets an empty cluster without re-forming the ring.
+// clusterIngester is one ingester of a testCluster. Its address and ring
+// member live as long as the cluster; the ingester and its production gRPC
+// server (ingester.Server) behind that address can be replaced by fresh
+// ones (reset), which is how the PromQL suite's "clear" gets an empty
+// cluster without re-forming the ring.
 type clusterIngester struct {
-	id   string
-	addr string
-	srv  *grpc.Server
-	fwd  *forwardingIngester
-	ring *ring.Ring
+	id      string
+	addr    string
+	ring    *ring.Ring
+	serving *servingIngester // The ingester behind addr now, if any.
 
 	// holdSends makes every stream's first Send wait until the client
 	// cancels it, as a slow network would: the ingester is mid-stream.
@@ -100,28 +98,15 @@ func newTestCluster(t testing.TB, n, rf int) *testCluster {
 
 	var join []string
 	for i := range n {
-		ci := &clusterIngester{id: fmt.Sprintf("ingester-%d", i), fwd: &forwardingIngester{}}
-		lis, err := net.Listen("tcp", "127.0.0.1:0")
-		require.NoError(t, err)
-		ci.addr = lis.Addr().String()
-		ci.srv = grpc.NewServer(grpc.MaxRecvMsgSize(censuspb.MaxMessageSize), grpc.MaxSendMsgSize(censuspb.MaxMessageSize), grpc.StreamInterceptor(ci.interceptStream))
-		censuspb.RegisterIngesterServer(ci.srv, ci.fwd)
-		served := make(chan error, 1)
-		go func() { served <- ci.srv.Serve(lis) }()
-		t.Cleanup(func() {
-			ci.srv.Stop()
-			if err := <-served; err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-				t.Errorf("serve %s: %v", ci.id, err)
-			}
-		})
+		ci := &clusterIngester{id: fmt.Sprintf("ingester-%d", i), addr: "127.0.0.1:0"}
+		ci.serve(t, filepath.Join(t.TempDir(), ci.id))
+		t.Cleanup(func() { require.NoError(t, ci.stopServing()) })
 		ci.ring = startRingMember(t, testRingConfig(ci.id, rf, join...), ci.addr)
 		if i == 0 {
 			join = []string{ci.ring.GossipAddr()}
 		}
 		c.ingesters = append(c.ingesters, ci)
 	}
-	c.reset(t)
-
 	c.watcher = startRingMember(t, testRingConfig("watcher", rf, join...), "")
 	require.Eventually(t, func() bool {
 		return len(c.watcher.ReadInstances()) == n
@@ -167,29 +152,64 @@ func startRingMember(t testing.TB, cfg ring.Config, instanceAddr string) *ring.R
 	return r
 }
 
-// reset puts a fresh, empty ingester behind every gRPC server and closes
-// the previous ones. It returns a function that closes the fresh ones.
+// reset puts a fresh, empty ingester behind every address and stops the
+// previous ones. It returns a function that stops the fresh ones.
 func (c *testCluster) reset(t testing.TB) func() error {
 	t.Helper()
-	fresh := make([]*runningIngester, len(c.ingesters))
-	for i, ci := range c.ingesters {
-		fresh[i] = startTestIngester(t, filepath.Join(t.TempDir(), ci.id))
-		if old := ci.fwd.cur.Swap(fresh[i].Ingester); old != nil {
-			for _, r := range c.running {
-				if r.Ingester == old {
-					require.NoError(t, r.stop())
-				}
-			}
-		}
+	for _, ci := range c.ingesters {
+		require.NoError(t, ci.stopServing())
+		ci.serve(t, filepath.Join(t.TempDir(), ci.id))
 	}
-	c.running = fresh
 	return func() error {
 		var errs []error
-		for _, ing := range fresh {
-			errs = append(errs, ing.stop())
+		for _, ci := range c.ingesters {
+			errs = append(errs, ci.stopServing())
 		}
 		return errors.Join(errs...)
 	}
+}
+
+// servingIngester is an ingester and the production gRPC server serving it.
+type servingIngester struct {
+	ing    *runningIngester
+	cancel context.CancelFunc
+	served chan error
+}
+
+// serve starts a real ingester on dir and an ingester.Server for it on
+// ci.addr, which is 127.0.0.1:0 the first time and the same address after.
+// Clients of the old server reconnect on their next call.
+func (ci *clusterIngester) serve(t testing.TB, dir string) {
+	t.Helper()
+	ing := startTestIngester(t, dir)
+	var (
+		ln  net.Listener
+		err error
+	)
+	// The port was just released by the previous server; another
+	// listener may take a moment to let it go.
+	require.Eventually(t, func() bool {
+		ln, err = net.Listen("tcp", ci.addr)
+		return err == nil
+	}, 10*time.Second, 10*time.Millisecond, "listen on %s: %v", ci.addr, err)
+	ci.addr = ln.Addr().String()
+	srv := ingester.NewServer(ing.Ingester, ln, grpc.ChainStreamInterceptor(ci.interceptStream))
+	ctx, cancel := context.WithCancel(context.Background())
+	si := &servingIngester{ing: ing, cancel: cancel, served: make(chan error, 1)}
+	go func() { si.served <- srv.Run(ctx) }()
+	ci.serving = si
+}
+
+// stopServing stops the server, then its ingester; it may be called when
+// nothing is serving.
+func (ci *clusterIngester) stopServing() error {
+	si := ci.serving
+	if si == nil {
+		return nil
+	}
+	ci.serving = nil
+	si.cancel()
+	return errors.Join(<-si.served, si.ing.stop())
 }
 
 // testIngesterFlags are the flags of the cluster's ingesters beyond their
@@ -270,83 +290,3 @@ func (s *clusterStorage) AppenderV2(ctx context.Context) storage.AppenderV2 {
 func (*clusterStorage) StartTime() (int64, error) { return int64(model.Earliest), nil }
 
 func (s *clusterStorage) Close() error { return s.closeFn() }
-
-// forwardingIngester serves the ingester it currently holds, so a test can
-// swap in an empty one behind the same address and ring entry.
-type forwardingIngester struct {
-	censuspb.UnimplementedIngesterServer
-	cur atomic.Pointer[ingester.Ingester]
-}
-
-var errNoIngester = status.Error(codes.Unavailable, "no ingester behind this test server")
-
-func (f *forwardingIngester) get() (*ingester.Ingester, error) {
-	if ing := f.cur.Load(); ing != nil {
-		return ing, nil
-	}
-	return nil, errNoIngester
-}
-
-func (f *forwardingIngester) Push(ctx context.Context, req *censuspb.PushRequest) (*censuspb.PushResponse, error) {
-	ing, err := f.get()
-	if err != nil {
-		return nil, err
-	}
-	return ing.Push(ctx, req)
-}
-
-func (f *forwardingIngester) QueryStream(req *censuspb.QueryStreamRequest, stream censuspb.Ingester_QueryStreamServer) error {
-	ing, err := f.get()
-	if err != nil {
-		return err
-	}
-	return ing.QueryStream(req, stream)
-}
-
-func (f *forwardingIngester) LabelNames(ctx context.Context, req *censuspb.LabelNamesRequest) (*censuspb.LabelNamesResponse, error) {
-	ing, err := f.get()
-	if err != nil {
-		return nil, err
-	}
-	return ing.LabelNames(ctx, req)
-}
-
-func (f *forwardingIngester) LabelValues(ctx context.Context, req *censuspb.LabelValuesRequest) (*censuspb.LabelValuesResponse, error) {
-	ing, err := f.get()
-	if err != nil {
-		return nil, err
-	}
-	return ing.LabelValues(ctx, req)
-}
-
-func (f *forwardingIngester) Series(ctx context.Context, req *censuspb.SeriesRequest) (*censuspb.SeriesResponse, error) {
-	ing, err := f.get()
-	if err != nil {
-		return nil, err
-	}
-	return ing.Series(ctx, req)
-}
-
-func (f *forwardingIngester) QueryExemplars(ctx context.Context, req *censuspb.ExemplarsRequest) (*censuspb.ExemplarsResponse, error) {
-	ing, err := f.get()
-	if err != nil {
-		return nil, err
-	}
-	return ing.QueryExemplars(ctx, req)
-}
-
-func (f *forwardingIngester) MetricsMetadata(ctx context.Context, req *censuspb.MetricsMetadataRequest) (*censuspb.MetricsMetadataResponse, error) {
-	ing, err := f.get()
-	if err != nil {
-		return nil, err
-	}
-	return ing.MetricsMetadata(ctx, req)
-}
-
-func (f *forwardingIngester) TSDBStats(ctx context.Context, req *censuspb.TSDBStatsRequest) (*censuspb.TSDBStatsResponse, error) {
-	ing, err := f.get()
-	if err != nil {
-		return nil, err
-	}
-	return ing.TSDBStats(ctx, req)
-}
