@@ -1,9 +1,11 @@
 package censuspb
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -16,12 +18,22 @@ const MaxMessageSize = 64 << 20
 
 // ClientPool keeps one gRPC connection per ingester address, shared by every
 // caller. Connections are made lazily and reconnect by themselves, so a pool
-// entry stays valid across ingester restarts.
+// entry stays valid across ingester restarts; Retain closes those of
+// addresses that left. Every push and fan-out looks its connections up
+// here, so a lookup takes only a read lock.
 type ClientPool struct {
 	opts []grpc.DialOption
 
-	mtx   sync.Mutex // Guards conns.
-	conns map[string]*grpc.ClientConn
+	mtx   sync.RWMutex // Guards conns, and entries' stale.
+	conns map[string]*poolEntry
+}
+
+type poolEntry struct {
+	conn   *grpc.ClientConn
+	client IngesterClient
+	// stale is set by a Retain that did not keep the address; the next
+	// one closes the connection if it does not keep it either.
+	stale bool
 }
 
 // NewClientPool returns a pool whose connections use opts after Census'
@@ -34,33 +46,86 @@ func NewClientPool(opts ...grpc.DialOption) *ClientPool {
 			grpc.MaxCallSendMsgSize(MaxMessageSize),
 		),
 	}
-	return &ClientPool{opts: append(defaults, opts...), conns: map[string]*grpc.ClientConn{}}
+	return &ClientPool{opts: append(defaults, opts...), conns: map[string]*poolEntry{}}
 }
 
 // Get returns the client for the ingester at addr, creating its connection
 // on first use.
 func (p *ClientPool) Get(addr string) (IngesterClient, error) {
-	c, err := p.Conn(addr)
+	e, err := p.entry(addr)
 	if err != nil {
 		return nil, err
 	}
-	return NewIngesterClient(c), nil
+	return e.client, nil
 }
 
 // Conn returns the connection to the ingester at addr, creating it on
 // first use, for calls the generated client does not make (PushEncoded).
 func (p *ClientPool) Conn(addr string) (grpc.ClientConnInterface, error) {
+	e, err := p.entry(addr)
+	if err != nil {
+		return nil, err
+	}
+	return e.conn, nil
+}
+
+func (p *ClientPool) entry(addr string) (*poolEntry, error) {
+	p.mtx.RLock()
+	e, ok := p.conns[addr]
+	p.mtx.RUnlock()
+	if ok {
+		return e, nil
+	}
 	p.mtx.Lock()
 	defer p.mtx.Unlock()
-	if c, ok := p.conns[addr]; ok {
-		return c, nil
+	// Another caller may have connected while we waited for the lock.
+	if e, ok := p.conns[addr]; ok {
+		return e, nil
 	}
 	c, err := grpc.NewClient(addr, p.opts...)
 	if err != nil {
 		return nil, fmt.Errorf("connect to ingester %s: %w", addr, err)
 	}
-	p.conns[addr] = c
-	return c, nil
+	e = &poolEntry{conn: c, client: NewIngesterClient(c)}
+	p.conns[addr] = e
+	return e, nil
+}
+
+// Retain closes the connections of the addresses keep refuses twice in a
+// row, and returns how many it closed. The second chance lets a caller
+// that read the ring just before an instance left finish its call.
+func (p *ClientPool) Retain(keep func(addr string) bool) int {
+	p.mtx.Lock()
+	defer p.mtx.Unlock()
+	closed := 0
+	for addr, e := range p.conns {
+		switch {
+		case keep(addr):
+			e.stale = false
+		case !e.stale:
+			e.stale = true
+		default:
+			// Close fails only for a connection closed already.
+			_ = e.conn.Close()
+			delete(p.conns, addr)
+			closed++
+		}
+	}
+	return closed
+}
+
+// RetainEvery calls Retain(keep) every interval until ctx ends.
+func (p *ClientPool) RetainEvery(ctx context.Context, interval time.Duration, keep func(addr string) bool) error {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			p.Retain(keep)
+		}
+	}
 }
 
 // Close closes every connection; the pool must not be used afterwards.
@@ -68,8 +133,8 @@ func (p *ClientPool) Close() error {
 	p.mtx.Lock()
 	defer p.mtx.Unlock()
 	var errs []error
-	for addr, c := range p.conns {
-		if err := c.Close(); err != nil {
+	for addr, e := range p.conns {
+		if err := e.conn.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("close connection to %s: %w", addr, err))
 		}
 		delete(p.conns, addr)

@@ -295,6 +295,10 @@ func start(o *options, logger *slog.Logger) error {
 
 	clients := censuspb.NewClientPool()
 	defer clients.Close()
+	// Connections to ingesters that left the ring are closed.
+	life.add("client pool", func(ctx context.Context) error {
+		return clients.RetainEvery(ctx, 30*time.Second, r.HasInstanceAt)
+	}, nil)
 
 	// Distributor: validates, shards and pushes; the agent's scrapes and
 	// the pushes of other systems all go through it.
