@@ -95,8 +95,9 @@ type failures struct {
 	all     []ring.InstanceDesc // Every instance that may hold data, asked or not.
 	partial bool
 
-	mtx    sync.Mutex // Guards failed: the ingesters of a fan-out fail concurrently.
+	mtx    sync.Mutex // Guards the fields below: the ingesters of a fan-out fail concurrently.
 	failed []*IngesterError
+	limit  *LimitError // An ingester stopped at a limit of the query.
 }
 
 // newFailures returns the failures of a read of asked; unhealthy instances
@@ -113,9 +114,17 @@ func newFailures(ctx context.Context, rf int, asked, unhealthy []ring.InstanceDe
 	return f
 }
 
+// add records the failure of inst. An ingester that stopped at a limit of
+// the query failed nothing: the query fails with that limit, however many
+// replicas the others have.
 func (f *failures) add(inst ring.InstanceDesc, err error) {
+	limit := requestFrom(f.ctx).ingesterLimit(err)
 	f.mtx.Lock()
 	defer f.mtx.Unlock()
+	if limit != nil {
+		f.limit = limit
+		return
+	}
 	f.failed = append(f.failed, &IngesterError{Instance: inst, Err: err})
 }
 
@@ -128,6 +137,8 @@ func (f *failures) err() error {
 		// Nothing to ask: an empty answer would claim there is no data.
 		// Not even a partial response has anything to show.
 		return ErrNoIngesters
+	case f.limit != nil:
+		return f.limit
 	case len(f.failed) == 0:
 		return nil
 	case f.timedOut():

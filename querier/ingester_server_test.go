@@ -31,7 +31,8 @@ import (
 
 // testIngester serves censuspb.IngesterServer over a Prometheus TSDB the
 // way the real ingester does: QueryStream sends the TSDB's own chunks, a
-// few series per frame.
+// few series per frame, and QueryStream and Series fail with
+// ResourceExhausted beyond the request's max_series and max_chunks.
 type testIngester struct {
 	censuspb.UnimplementedIngesterServer
 	db *tsdb.DB
@@ -95,12 +96,21 @@ func (s *testIngester) QueryStream(req *censuspb.QueryStreamRequest, stream grpc
 		}
 		return nil
 	}
-	var it chunks.Iterator
+	var (
+		it             chunks.Iterator
+		nSeries, nChks int64
+	)
 	for set.Next() {
+		if nSeries++; req.GetMaxSeries() > 0 && nSeries > req.GetMaxSeries() {
+			return status.Errorf(codes.ResourceExhausted, "query limit exceeded: the query selects more than %d series (--query.max-series)", req.GetMaxSeries())
+		}
 		series := set.At()
 		ss := &censuspb.StreamSeries{Labels: censuspb.FromLabels(nil, series.Labels())}
 		it = series.Iterator(it)
 		for it.Next() {
+			if nChks++; req.GetMaxChunks() > 0 && nChks > req.GetMaxChunks() {
+				return status.Errorf(codes.ResourceExhausted, "query limit exceeded: the query reads more than %d chunks (--query.max-chunks)", req.GetMaxChunks())
+			}
 			m := it.At()
 			ss.Chunks = append(ss.Chunks, &censuspb.Chunk{
 				MinTimeMs: m.MinTime,
@@ -164,6 +174,9 @@ func (s *testIngester) Series(ctx context.Context, req *censuspb.SeriesRequest) 
 	set := q.Select(ctx, true, hints, ms...)
 	resp := &censuspb.SeriesResponse{}
 	for set.Next() {
+		if req.GetMaxSeries() > 0 && int64(len(resp.Series)) >= req.GetMaxSeries() {
+			return nil, status.Errorf(codes.ResourceExhausted, "query limit exceeded: the request selects more than %d series (--query.max-series)", req.GetMaxSeries())
+		}
 		resp.Series = append(resp.Series, &censuspb.SeriesLabels{Labels: censuspb.FromLabels(nil, set.At().Labels())})
 	}
 	return resp, set.Err()

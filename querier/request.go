@@ -3,7 +3,11 @@ package querier
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync/atomic"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // LimitError is the failure of a query that fetched more from the ingesters
@@ -65,6 +69,32 @@ func partialResponse(ctx context.Context) bool {
 	return r != nil && r.partialResponse
 }
 
+// Flags of the per-query limits, which LimitError names.
+const (
+	maxSeriesFlag = "--query.max-series"
+	maxChunksFlag = "--query.max-chunks"
+)
+
+// ingesterLimit returns the query's LimitError when err is an ingester's
+// ResourceExhausted answer to a request that handed it the query's limits
+// (max_series, max_chunks): the ingester stopped because what it alone
+// would send breaches one, so the query is over its limit and every
+// replica would stop too. It returns nil for any other error, and always
+// outside the API, which hands no limits. The ingester's message names the
+// flag of the limit it hit.
+func (r *request) ingesterLimit(err error) *LimitError {
+	if r == nil || status.Code(err) != codes.ResourceExhausted {
+		return nil
+	}
+	switch {
+	case r.maxChunks > 0 && (r.maxSeries == 0 || strings.Contains(status.Convert(err).Message(), maxChunksFlag)):
+		return &LimitError{Flag: maxChunksFlag, Limit: int(r.maxChunks), What: "chunks"}
+	case r.maxSeries > 0:
+		return &LimitError{Flag: maxSeriesFlag, Limit: int(r.maxSeries), What: "series"}
+	}
+	return nil
+}
+
 // addSeries counts n more series and returns the error of a breached
 // limit. A nil request counts nothing.
 func (r *request) addSeries(n int64) error {
@@ -73,7 +103,7 @@ func (r *request) addSeries(n int64) error {
 	}
 	total := r.series.Add(n)
 	if r.maxSeries > 0 && total > r.maxSeries {
-		return &LimitError{Flag: "--query.max-series", Limit: int(r.maxSeries), What: "series"}
+		return &LimitError{Flag: maxSeriesFlag, Limit: int(r.maxSeries), What: "series"}
 	}
 	return nil
 }
@@ -85,7 +115,7 @@ func (r *request) addChunks(n int64) error {
 	}
 	total := r.chunks.Add(n)
 	if r.maxChunks > 0 && total > r.maxChunks {
-		return &LimitError{Flag: "--query.max-chunks", Limit: int(r.maxChunks), What: "chunks"}
+		return &LimitError{Flag: maxChunksFlag, Limit: int(r.maxChunks), What: "chunks"}
 	}
 	return nil
 }
