@@ -76,12 +76,12 @@ const (
 )
 
 // ingesterLimit returns the query's LimitError when err is an ingester's
-// ResourceExhausted answer to a request that handed it the query's limits
-// (max_series, max_chunks): the ingester stopped because what it alone
-// would send breaches one, so the query is over its limit and every
-// replica would stop too. It returns nil for any other error, and always
-// outside the API, which hands no limits. The ingester's message names the
-// flag of the limit it hit.
+// ResourceExhausted answer and the query has limits: an ingester answers a
+// read so only for the limits the querier hands it (max_series,
+// max_chunks), once what it alone would send breaches one, so the query is
+// over its limit and every replica would stop too. It returns nil for any
+// other error, and always outside the API, which has no limits. The
+// ingester's message names the flag of the limit it hit.
 func (r *request) ingesterLimit(err error) *LimitError {
 	if r == nil || status.Code(err) != codes.ResourceExhausted {
 		return nil
