@@ -93,6 +93,23 @@ func (c *Config) Validate() error {
 	return nil
 }
 
+// ScrapeConfig returns the scrape configuration an agent with c runs: the
+// file c.ConfigFile if set; else builtIn, a configuration in YAML that the
+// caller's role brings (the demo of `census all`); else, when builtIn is
+// empty too, DefaultKubernetesConfig for c's node.
+func (c Config) ScrapeConfig(builtIn string, logger *slog.Logger) (*config.Config, error) {
+	switch {
+	case c.ConfigFile != "":
+		return LoadScrapeConfig(c.ConfigFile, logger)
+	case builtIn != "":
+		return ParseScrapeConfig(builtIn, logger)
+	}
+	if logger != nil {
+		logger.Info("No --config.file: scraping the pods and services annotated prometheus.io/scrape", "node", c.NodeName)
+	}
+	return ParseScrapeConfig(DefaultKubernetesConfig(c.Kubeconfig, c.NodeName, c.ScrapeInterval), logger)
+}
+
 // LoadScrapeConfig reads and validates a Prometheus configuration file,
 // warning of the sections Census ignores.
 func LoadScrapeConfig(path string, logger *slog.Logger) (*config.Config, error) {

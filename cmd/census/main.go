@@ -24,7 +24,6 @@ import (
 	versioncollector "github.com/prometheus/client_golang/prometheus/collectors/version"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/prometheus/common/version"
-	"github.com/prometheus/prometheus/config"
 
 	"github.com/census-metrics/census/agent"
 	"github.com/census-metrics/census/distributor"
@@ -319,7 +318,7 @@ func start(o *options, logger *slog.Logger) error {
 	// appends through the distributor. It stops first, sending its last
 	// scrape while everything below still takes it.
 	if o.role.agent {
-		scrapeCfg, err := loadScrapeConfig(o, httpLn.Addr(), mux, life, logger)
+		scrapeCfg, err := o.agent.ScrapeConfig(builtInScrapeConfig(o, httpLn.Addr(), mux, life, logger), logger)
 		if err != nil {
 			return err
 		}
@@ -532,23 +531,19 @@ func (rs *reloaders) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	_, _ = w.Write([]byte("reloaded\n"))
 }
 
-// loadScrapeConfig reads --config.file. Without one, an agent in
-// Kubernetes scrapes the annotated pods and services of its node, and
-// `census all` scrapes itself and the demo service, which it serves under
-// /demo/ on the process's own HTTP server so that its instance label stays
-// the same across restarts.
-func loadScrapeConfig(o *options, self net.Addr, mux *http.ServeMux, life *lifecycle, logger *slog.Logger) (*config.Config, error) {
-	if o.agent.ConfigFile != "" {
-		return agent.LoadScrapeConfig(o.agent.ConfigFile, logger)
-	}
-	if o.name == "agent" {
-		logger.Info("No --config.file: scraping the pods and services annotated prometheus.io/scrape", "node", o.agent.NodeName)
-		return agent.ParseScrapeConfig(agent.DefaultKubernetesConfig(o.agent.Kubeconfig, o.agent.NodeName, o.agent.ScrapeInterval), logger)
+// builtInScrapeConfig is the scrape configuration role brings when
+// --config.file is not given: `census all` serves the demo service under
+// /demo/ on the process's own HTTP server, so that its instance label stays
+// the same across restarts, and scrapes it and itself. An agent has none:
+// it takes the agent's Kubernetes default.
+func builtInScrapeConfig(o *options, self net.Addr, mux *http.ServeMux, life *lifecycle, logger *slog.Logger) string {
+	if o.agent.ConfigFile != "" || o.name != "all" {
+		return ""
 	}
 	demo := newDemoService("http://"+localURLHost(self)+demoPath, logger.With("component", "demo"))
 	mux.Handle(demoPath, http.StripPrefix(strings.TrimSuffix(demoPath, "/"), demo))
 	life.add("demo", demo.Run, nil)
-	return agent.ParseScrapeConfig(fmt.Sprintf(demoScrapeConfig, localURLHost(self), demoPath+"metrics"), logger)
+	return fmt.Sprintf(demoScrapeConfig, localURLHost(self), demoPath+"metrics")
 }
 
 // demoPath is where `census all` serves the demo service.
