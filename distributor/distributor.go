@@ -9,6 +9,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/alecthomas/units"
 	"log/slog"
 	"runtime"
 	"time"
@@ -43,6 +44,9 @@ type Config struct {
 	// refuses samples newer than now plus it.
 	MaxSampleAge  time.Duration
 	MaxFutureSkew time.Duration
+	// MaxRequestBytes bounds an HTTP push (remote write, OTLP): its body
+	// as sent, and a remote-write body once snappy decompresses it.
+	MaxRequestBytes units.Base2Bytes
 }
 
 // newFreeList returns a free list for as many appenders as can run at
@@ -54,12 +58,13 @@ func newFreeList() chan *appender {
 // RegisterFlags registers the distributor's flags on fs.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.PushTimeout, "distributor.push-timeout", 10*time.Second, "How long one push to the ingesters may take before it counts as failed.")
-	// The label limits default to the ingester's, so a series too big is
-	// refused here, with a message to the sender, before it is sent.
+	// The label limits are Census' only ones: a series too big is refused
+	// here, with a message to the sender, before it is sent.
 	fs.IntVar(&c.MaxLabelNamesPerSeries, "distributor.max-label-names-per-series", 64, "Most labels of a series, __name__ included; a series with more is refused. 0 means no limit.")
 	fs.IntVar(&c.MaxLabelNameLength, "distributor.max-label-name-length", 1024, "Longest label name, in bytes; a series with a longer one is refused. 0 means no limit.")
 	fs.IntVar(&c.MaxLabelValueLength, "distributor.max-label-value-length", 4096, "Longest label value, in bytes; a series with a longer one is refused. 0 means no limit.")
 	fs.DurationVar(&c.MaxSampleAge, "distributor.max-sample-age", 0, "Refuse samples older than this. 0 leaves it to the ingesters' time rules (--storage.out-of-order-window).")
+	fs.TextVar(&c.MaxRequestBytes, "distributor.max-request-bytes", units.Base2Bytes(64<<20), "Largest HTTP push (remote write, OTLP) the distributor takes, as sent and, for remote write, once decompressed, e.g. 16MB; a larger one is refused with 413. 0 means no limit.")
 	fs.DurationVar(&c.MaxFutureSkew, "distributor.max-future-skew", 10*time.Minute, "Refuse samples stamped further than this ahead of this machine's clock. 0 means no limit. Prometheus' remote-write and OTLP receivers refuse more than 10m ahead in any case.")
 }
 
@@ -77,6 +82,7 @@ func (c *Config) Validate() error {
 		{"--distributor.max-label-value-length", int64(c.MaxLabelValueLength)},
 		{"--distributor.max-sample-age", int64(c.MaxSampleAge)},
 		{"--distributor.max-future-skew", int64(c.MaxFutureSkew)},
+		{"--distributor.max-request-bytes", int64(c.MaxRequestBytes)},
 	} {
 		if f.value < 0 {
 			return fmt.Errorf("%s must not be negative, got %d", f.flag, f.value)

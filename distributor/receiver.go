@@ -1,14 +1,21 @@
 package distributor
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/alecthomas/units"
+	"github.com/golang/snappy"
 	remoteapi "github.com/prometheus/client_golang/exp/api/remote"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/prometheus/config"
@@ -50,9 +57,10 @@ func NewReceiver(d *Distributor, logger *slog.Logger, reg prometheus.Registerer)
 		// target_info is written at this interval: PromQL's lookback.
 		LookbackDelta: 5 * time.Minute,
 	})
+	maxBytes := int64(d.cfg.MaxRequestBytes)
 	return &Receiver{
-		remoteWrite: &pushHandler{next: rw, logger: logger},
-		otlp:        &pushHandler{next: otlp, logger: logger, otlp: true},
+		remoteWrite: &pushHandler{next: rw, logger: logger, maxBytes: maxBytes},
+		otlp:        &pushHandler{next: otlp, logger: logger, otlp: true, maxBytes: maxBytes},
 	}
 }
 
@@ -74,6 +82,7 @@ type pushReport struct {
 	floats, histograms, exemplars                                   int
 	rejected, rejectedFloats, rejectedHistograms, rejectedExemplars int
 	refused                                                         int
+	bodyErr                                                         error // Of reading the request's body.
 }
 
 func atoiHeader(h http.Header, key string) int {
@@ -104,9 +113,10 @@ const (
 // the request's context and keeps its response unless the report says
 // otherwise.
 type pushHandler struct {
-	next   http.Handler
-	logger *slog.Logger
-	otlp   bool
+	next     http.Handler
+	logger   *slog.Logger
+	otlp     bool
+	maxBytes int64 // --distributor.max-request-bytes
 }
 
 func (h *pushHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -119,8 +129,17 @@ func (h *pushHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rep := &pushReport{}
+	if msg := h.limitBody(r, rep); msg != "" {
+		http.Error(w, msg, http.StatusRequestEntityTooLarge)
+		return
+	}
 	buf := &responseBuffer{header: http.Header{}}
 	h.next.ServeHTTP(buf, r.WithContext(context.WithValue(r.Context(), reportKey{}, rep)))
+	var tooLarge *http.MaxBytesError
+	if rep.bodyErr != nil && errors.As(rep.bodyErr, &tooLarge) {
+		http.Error(w, h.tooLargeMessage("body is larger than"), http.StatusRequestEntityTooLarge)
+		return
+	}
 	if !rep.committed || rep.err == nil {
 		// Stored, or refused by Prometheus' handler before it reached
 		// the distributor (undecodable, or a series remote write 2.0
@@ -167,6 +186,53 @@ func (h *pushHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	http.Error(w, msg, code)
+}
+
+// limitBody bounds r's body to h.maxBytes, and returns why r is too large
+// when that shows before reading it: a Content-Length over the limit, or
+// a snappy-compressed remote-write body whose header says it decompresses
+// to more. Prometheus' handler would read such a body whole, and allocate
+// the decompressed size the header claims, before looking at it.
+func (h *pushHandler) limitBody(r *http.Request, rep *pushReport) string {
+	if h.maxBytes <= 0 {
+		return ""
+	}
+	if r.ContentLength > h.maxBytes {
+		return h.tooLargeMessage(fmt.Sprintf("body of %d bytes is larger than", r.ContentLength))
+	}
+	body := bufio.NewReader(http.MaxBytesReader(nil, r.Body, h.maxBytes))
+	r.Body = &watchedBody{Reader: body, Closer: r.Body, report: rep}
+	if h.otlp {
+		return ""
+	}
+	// The snappy block format begins with the decompressed length as a
+	// varint of at most 5 bytes.
+	head, _ := body.Peek(binary.MaxVarintLen32)
+	if n, err := snappy.DecodedLen(head); err == nil && int64(n) > h.maxBytes {
+		return h.tooLargeMessage(fmt.Sprintf("body decompresses to %d bytes, more than", n))
+	}
+	return ""
+}
+
+func (h *pushHandler) tooLargeMessage(what string) string {
+	return fmt.Sprintf("push request %s --distributor.max-request-bytes=%s", what, units.Base2Bytes(h.maxBytes))
+}
+
+// watchedBody is a request body that notes in its push's report the error
+// of a read, so that pushHandler can answer 413 for a body over
+// the limit, which Prometheus' handler answers 400.
+type watchedBody struct {
+	io.Reader
+	io.Closer
+	report *pushReport
+}
+
+func (b *watchedBody) Read(p []byte) (int, error) {
+	n, err := b.Reader.Read(p)
+	if err != nil && err != io.EOF && b.report.bodyErr == nil {
+		b.report.bodyErr = err
+	}
+	return n, err
 }
 
 func (h *pushHandler) writeOTLPPartialSuccess(w http.ResponseWriter, r *http.Request, rejected int64, msg string) {

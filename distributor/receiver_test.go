@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"encoding/binary"
 	"errors"
 	"io"
 	"net/http"
@@ -361,6 +362,53 @@ func TestReceiver_ResponseCodesFollowTheIngesters(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestReceiver_TooLarge(t *testing.T) {
+	cfg := limitedConfig()
+	cfg.MaxRequestBytes = 4 << 10
+	u, fakes := receiver(t, 1, 1, cfg)
+	post := func(path string, body io.Reader) (int, string) {
+		t.Helper()
+		req, err := http.NewRequest(http.MethodPost, u.JoinPath(path).String(), body)
+		require.NoError(t, err)
+		req.Header.Set("Content-Type", "application/x-protobuf")
+		if path == distributor.RemoteWritePath {
+			req.Header.Set("Content-Encoding", "snappy")
+		}
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		return resp.StatusCode, strings.TrimSpace(string(b))
+	}
+	big := make([]byte, 5<<10)
+	// A snappy header claiming 1GiB of decompressed bytes, then nothing:
+	// Prometheus' handler would allocate the gigabyte before finding out.
+	bomb := binary.AppendUvarint(nil, 1<<30)
+	for _, tc := range []struct {
+		name, path string
+		body       io.Reader
+		want       string
+	}{
+		{name: "remote write over the limit", path: distributor.RemoteWritePath, body: bytes.NewReader(big), want: "push request body of 5120 bytes is larger than --distributor.max-request-bytes=4KiB"},
+		{name: "OTLP over the limit", path: distributor.OTLPMetricsPath, body: bytes.NewReader(big), want: "push request body of 5120 bytes is larger than --distributor.max-request-bytes=4KiB"},
+		// Without a Content-Length (chunked), the limit stops the read.
+		{name: "chunked over the limit", path: distributor.RemoteWritePath, body: io.MultiReader(bytes.NewReader(snappy.Encode(nil, big[:1000])), bytes.NewReader(big)), want: "push request body is larger than --distributor.max-request-bytes=4KiB"},
+		{name: "decompresses over the limit", path: distributor.RemoteWritePath, body: bytes.NewReader(bomb), want: "push request body decompresses to 1073741824 bytes, more than --distributor.max-request-bytes=4KiB"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, body := post(tc.path, tc.body)
+			require.Equal(t, http.StatusRequestEntityTooLarge, code, body)
+			require.Equal(t, tc.want, body)
+		})
+	}
+	require.Empty(t, fakes[0].allSeries(), "nothing of a refused request is stored")
+
+	// Under the limit, a push is stored as usual.
+	resp, body := postOTLP(t, u, otlpRequest(time.Now(), nil))
+	require.Equal(t, http.StatusOK, resp.StatusCode, string(body))
 }
 
 func TestReceiver_BadRequests(t *testing.T) {

@@ -35,10 +35,7 @@ type stopStep struct {
 // instead. A lifecycle is one actor of the process's run.Group.
 type lifecycle struct {
 	logger *slog.Logger
-
-	mtx     sync.Mutex // Guards steps and stopped.
-	steps   []*stopStep
-	stopped bool
+	steps  []*stopStep // Added before Run, by one goroutine.
 
 	returned chan *stopStep // A component's run returned before the stop.
 	stopc    chan struct{}  // Closed by Interrupt.
@@ -54,13 +51,8 @@ func newLifecycle(logger *slog.Logger) *lifecycle {
 }
 
 // add appends a component (run) or a stop action (stop) to the stop
-// order. Either may be nil.
+// order. Either may be nil. Every add comes before Run.
 func (l *lifecycle) add(name string, run func(ctx context.Context) error, stop func()) {
-	l.mtx.Lock()
-	defer l.mtx.Unlock()
-	if l.stopped {
-		panic("BUG: lifecycle.add after Run")
-	}
 	l.steps = append(l.steps, &stopStep{name: name, run: run, stop: stop})
 }
 
@@ -68,12 +60,7 @@ func (l *lifecycle) add(name string, run func(ctx context.Context) error, stop f
 // return, then stops every step in order. It returns the error of the
 // component that returned first, if any.
 func (l *lifecycle) Run() error {
-	l.mtx.Lock()
-	steps := l.steps
-	l.stopped = true
-	l.mtx.Unlock()
-
-	for _, s := range steps {
+	for _, s := range l.steps {
 		if s.run == nil {
 			continue
 		}
@@ -99,7 +86,7 @@ func (l *lifecycle) Run() error {
 		}
 		l.logger.Info("A component stopped: stopping the others", "component", s.name, "err", s.err)
 	}
-	for _, s := range steps {
+	for _, s := range l.steps {
 		start := time.Now()
 		if s.cancel != nil {
 			s.cancel()
