@@ -26,10 +26,16 @@ var (
 	errInvalidMatchers = errors.New("invalid matchers")
 	// errInvalidLimit is returned for a negative limit.
 	errInvalidLimit = errors.New("invalid limit")
-	// errQueryLimit is wrapped by the error of a query that read more than
-	// a query limit allows.
-	errQueryLimit = errors.New("query limit exceeded")
 )
+
+// queryLimitError is a read stopped at a limit its request handed: it
+// reaches the querier as ResourceExhausted naming the limit.
+type queryLimitError struct {
+	limit censuspb.QueryLimit
+	msg   string
+}
+
+func (e *queryLimitError) Error() string { return "query limit exceeded: " + e.msg }
 
 // capacity reports whether r is the ingester running out of room rather
 // than the input being wrong: the same samples may be accepted later, once
@@ -138,11 +144,18 @@ func toStatus(err error) error {
 		}
 		return st.Err()
 	}
+	var qe *queryLimitError
+	if errors.As(err, &qe) {
+		return censuspb.QueryLimitStatus(qe.limit, err.Error()).Err()
+	}
 	return status.Error(statusCode(err), err.Error())
 }
 
 func statusCode(err error) codes.Code {
-	var pe *pushError
+	var (
+		pe *pushError
+		qe *queryLimitError
+	)
 	switch {
 	case err == nil:
 		return codes.OK
@@ -153,7 +166,7 @@ func statusCode(err error) codes.Code {
 		errors.Is(err, errInvalidMatchers),
 		errors.Is(err, errInvalidLimit):
 		return codes.InvalidArgument
-	case errors.Is(err, errQueryLimit):
+	case errors.As(err, &qe):
 		return codes.ResourceExhausted
 	case errors.Is(err, errStarting), errors.Is(err, errStopping), errors.Is(err, errClosed):
 		return codes.Unavailable

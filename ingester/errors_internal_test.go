@@ -33,7 +33,7 @@ func TestToStatus(t *testing.T) {
 		{name: "push with a series limit rejection", err: rejected(censuspb.ReasonMaxSeries), want: codes.ResourceExhausted},
 		{name: "invalid matchers", err: fmt.Errorf("%w: bad regexp", errInvalidMatchers), want: codes.InvalidArgument},
 		{name: "invalid limit", err: fmt.Errorf("%w: -1", errInvalidLimit), want: codes.InvalidArgument},
-		{name: "query limit", err: fmt.Errorf("%w: too many series", errQueryLimit), want: codes.ResourceExhausted},
+		{name: "query limit", err: fmt.Errorf("stream: %w", &queryLimitError{censuspb.QueryLimitMaxSeries, "too many series"}), want: codes.ResourceExhausted},
 		{name: "starting", err: fmt.Errorf("%w: replaying WAL: segment 1 of 3", errStarting), want: codes.Unavailable},
 		{name: "stopping", err: errStopping, want: codes.Unavailable},
 		{name: "closed", err: errClosed, want: codes.Unavailable},

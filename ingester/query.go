@@ -74,7 +74,7 @@ func (i *Ingester) queryStream(ctx context.Context, req *censuspb.QueryStreamReq
 		}
 		series++
 		if maxSeries > 0 && series > maxSeries {
-			return fmt.Errorf("%w: the query selects more than %d series (--query.max-series); select fewer series with more specific matchers", errQueryLimit, maxSeries)
+			return &queryLimitError{censuspb.QueryLimitMaxSeries, fmt.Sprintf("the query selects more than %d series (--query.max-series); select fewer series with more specific matchers", maxSeries)}
 		}
 		s := set.At()
 		out := &censuspb.StreamSeries{Labels: censuspb.FromLabels(nil, s.Labels())}
@@ -82,7 +82,7 @@ func (i *Ingester) queryStream(ctx context.Context, req *censuspb.QueryStreamReq
 		for it.Next() {
 			chunkN++
 			if maxChunks > 0 && chunkN > maxChunks {
-				return fmt.Errorf("%w: the query reads more than %d chunks (--query.max-chunks); select fewer series or a shorter time range", errQueryLimit, maxChunks)
+				return &queryLimitError{censuspb.QueryLimitMaxChunks, fmt.Sprintf("the query reads more than %d chunks (--query.max-chunks); select fewer series or a shorter time range", maxChunks)}
 			}
 			out.Chunks = append(out.Chunks, f.chunk(it.At()))
 		}
@@ -246,7 +246,7 @@ func (i *Ingester) series(ctx context.Context, req *censuspb.SeriesRequest) (_ [
 			return nil, err
 		}
 		if maxSeries > 0 && len(out) >= maxSeries {
-			return nil, fmt.Errorf("%w: the request selects more than %d series (--query.max-series); select fewer series with more specific matchers or a limit", errQueryLimit, maxSeries)
+			return nil, &queryLimitError{censuspb.QueryLimitMaxSeries, fmt.Sprintf("the request selects more than %d series (--query.max-series); select fewer series with more specific matchers or a limit", maxSeries)}
 		}
 		// Label sets of selected series are built on the heap (stringlabels),
 		// so unlike label names and values they outlive the querier.

@@ -395,11 +395,12 @@ func TestIngester_QueryLimits(t *testing.T) {
 		name                 string
 		maxSeries, maxChunks int64
 		matchers             []*labels.Matcher
-		message              string // Of QueryStream; empty: it succeeds.
-		series               string // Of Series; empty: it succeeds.
+		message              string              // Of QueryStream; empty: it succeeds.
+		limit                censuspb.QueryLimit // The limit message names.
+		series               string              // Of Series; empty: it succeeds.
 	}{
 		{
-			name: "series limit", maxSeries: 3, matchers: anyName,
+			name: "series limit", maxSeries: 3, matchers: anyName, limit: censuspb.QueryLimitMaxSeries,
 			message: "query limit exceeded: the query selects more than 3 series (--query.max-series)",
 			series:  "query limit exceeded: the request selects more than 3 series (--query.max-series)",
 		},
@@ -409,7 +410,7 @@ func TestIngester_QueryLimits(t *testing.T) {
 		},
 		{
 			// The fixture's four series have one chunk each.
-			name: "chunk limit", maxChunks: 3, matchers: anyName,
+			name: "chunk limit", maxChunks: 3, matchers: anyName, limit: censuspb.QueryLimitMaxChunks,
 			message: "query limit exceeded: the query reads more than 3 chunks (--query.max-chunks)",
 		},
 		{name: "chunk limit reached exactly", maxChunks: 4, matchers: anyName},
@@ -428,6 +429,7 @@ func TestIngester_QueryLimits(t *testing.T) {
 			} else {
 				require.Equal(t, codes.ResourceExhausted, status.Code(err), "error: %v", err)
 				require.Contains(t, status.Convert(err).Message(), tc.message)
+				require.Equal(t, tc.limit, censuspb.QueryLimitOf(err), "the querier learns which limit")
 			}
 			_, err = ti.client.Series(context.Background(), &censuspb.SeriesRequest{EndMs: 200_000, Matchers: censuspb.FromMatchers(tc.matchers), MaxSeries: tc.maxSeries})
 			if tc.series == "" {
@@ -435,6 +437,7 @@ func TestIngester_QueryLimits(t *testing.T) {
 			} else {
 				require.Equal(t, codes.ResourceExhausted, status.Code(err), "error: %v", err)
 				require.Contains(t, status.Convert(err).Message(), tc.series)
+				require.Equal(t, censuspb.QueryLimitMaxSeries, censuspb.QueryLimitOf(err))
 			}
 		})
 	}

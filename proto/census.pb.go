@@ -1286,12 +1286,7 @@ type LabelNamesRequest struct {
 	EndMs    int64                  `protobuf:"varint,2,opt,name=end_ms,json=endMs,proto3" json:"end_ms,omitempty"`
 	Matchers []*LabelMatcher        `protobuf:"bytes,3,rep,name=matchers,proto3" json:"matchers,omitempty"`
 	// limit caps the answer; 0 means no limit.
-	Limit int64 `protobuf:"varint,4,opt,name=limit,proto3" json:"limit,omitempty"`
-	// max_series is the querier's per-query series limit, handed to each
-	// ingester: the ingester fails with ResourceExhausted, rather than
-	// truncating the answer as limit does, once more series match. 0 means
-	// no limit.
-	MaxSeries     int64 `protobuf:"varint,5,opt,name=max_series,json=maxSeries,proto3" json:"max_series,omitempty"`
+	Limit         int64 `protobuf:"varint,4,opt,name=limit,proto3" json:"limit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1350,13 +1345,6 @@ func (x *LabelNamesRequest) GetMatchers() []*LabelMatcher {
 func (x *LabelNamesRequest) GetLimit() int64 {
 	if x != nil {
 		return x.Limit
-	}
-	return 0
-}
-
-func (x *LabelNamesRequest) GetMaxSeries() int64 {
-	if x != nil {
-		return x.MaxSeries
 	}
 	return 0
 }
@@ -1532,7 +1520,12 @@ type SeriesRequest struct {
 	EndMs    int64                  `protobuf:"varint,2,opt,name=end_ms,json=endMs,proto3" json:"end_ms,omitempty"`
 	Matchers []*LabelMatcher        `protobuf:"bytes,3,rep,name=matchers,proto3" json:"matchers,omitempty"`
 	// limit caps the answer; 0 means no limit.
-	Limit         int64 `protobuf:"varint,4,opt,name=limit,proto3" json:"limit,omitempty"`
+	Limit int64 `protobuf:"varint,4,opt,name=limit,proto3" json:"limit,omitempty"`
+	// max_series is the querier's per-query series limit, handed to each
+	// ingester: the ingester fails with ResourceExhausted, rather than
+	// truncating the answer as limit does, once more series match. 0 means
+	// no limit.
+	MaxSeries     int64 `protobuf:"varint,5,opt,name=max_series,json=maxSeries,proto3" json:"max_series,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1591,6 +1584,13 @@ func (x *SeriesRequest) GetMatchers() []*LabelMatcher {
 func (x *SeriesRequest) GetLimit() int64 {
 	if x != nil {
 		return x.Limit
+	}
+	return 0
+}
+
+func (x *SeriesRequest) GetMaxSeries() int64 {
+	if x != nil {
+		return x.MaxSeries
 	}
 	return 0
 }
@@ -2377,14 +2377,12 @@ const file_census_proto_rawDesc = "" +
 	"\x06labels\x18\x01 \x03(\v2\x14.census.v1.LabelPairR\x06labels\x12(\n" +
 	"\x06chunks\x18\x02 \x03(\v2\x10.census.v1.ChunkR\x06chunks\"F\n" +
 	"\x13QueryStreamResponse\x12/\n" +
-	"\x06series\x18\x01 \x03(\v2\x17.census.v1.StreamSeriesR\x06series\"\xaf\x01\n" +
+	"\x06series\x18\x01 \x03(\v2\x17.census.v1.StreamSeriesR\x06series\"\x90\x01\n" +
 	"\x11LabelNamesRequest\x12\x19\n" +
 	"\bstart_ms\x18\x01 \x01(\x03R\astartMs\x12\x15\n" +
 	"\x06end_ms\x18\x02 \x01(\x03R\x05endMs\x123\n" +
 	"\bmatchers\x18\x03 \x03(\v2\x17.census.v1.LabelMatcherR\bmatchers\x12\x14\n" +
-	"\x05limit\x18\x04 \x01(\x03R\x05limit\x12\x1d\n" +
-	"\n" +
-	"max_series\x18\x05 \x01(\x03R\tmaxSeries\"*\n" +
+	"\x05limit\x18\x04 \x01(\x03R\x05limit\"*\n" +
 	"\x12LabelNamesResponse\x12\x14\n" +
 	"\x05names\x18\x01 \x03(\tR\x05names\"\xa5\x01\n" +
 	"\x12LabelValuesRequest\x12\x12\n" +
@@ -2394,12 +2392,14 @@ const file_census_proto_rawDesc = "" +
 	"\bmatchers\x18\x04 \x03(\v2\x17.census.v1.LabelMatcherR\bmatchers\x12\x14\n" +
 	"\x05limit\x18\x05 \x01(\x03R\x05limit\"-\n" +
 	"\x13LabelValuesResponse\x12\x16\n" +
-	"\x06values\x18\x01 \x03(\tR\x06values\"\x8c\x01\n" +
+	"\x06values\x18\x01 \x03(\tR\x06values\"\xab\x01\n" +
 	"\rSeriesRequest\x12\x19\n" +
 	"\bstart_ms\x18\x01 \x01(\x03R\astartMs\x12\x15\n" +
 	"\x06end_ms\x18\x02 \x01(\x03R\x05endMs\x123\n" +
 	"\bmatchers\x18\x03 \x03(\v2\x17.census.v1.LabelMatcherR\bmatchers\x12\x14\n" +
-	"\x05limit\x18\x04 \x01(\x03R\x05limit\"<\n" +
+	"\x05limit\x18\x04 \x01(\x03R\x05limit\x12\x1d\n" +
+	"\n" +
+	"max_series\x18\x05 \x01(\x03R\tmaxSeries\"<\n" +
 	"\fSeriesLabels\x12,\n" +
 	"\x06labels\x18\x01 \x03(\v2\x14.census.v1.LabelPairR\x06labels\"A\n" +
 	"\x0eSeriesResponse\x12/\n" +

@@ -102,14 +102,14 @@ func (s *testIngester) QueryStream(req *censuspb.QueryStreamRequest, stream grpc
 	)
 	for set.Next() {
 		if nSeries++; req.GetMaxSeries() > 0 && nSeries > req.GetMaxSeries() {
-			return status.Errorf(codes.ResourceExhausted, "query limit exceeded: the query selects more than %d series (--query.max-series)", req.GetMaxSeries())
+			return censuspb.QueryLimitStatus(censuspb.QueryLimitMaxSeries, fmt.Sprintf("query limit exceeded: the query selects more than %d series (--query.max-series)", req.GetMaxSeries())).Err()
 		}
 		series := set.At()
 		ss := &censuspb.StreamSeries{Labels: censuspb.FromLabels(nil, series.Labels())}
 		it = series.Iterator(it)
 		for it.Next() {
 			if nChks++; req.GetMaxChunks() > 0 && nChks > req.GetMaxChunks() {
-				return status.Errorf(codes.ResourceExhausted, "query limit exceeded: the query reads more than %d chunks (--query.max-chunks)", req.GetMaxChunks())
+				return censuspb.QueryLimitStatus(censuspb.QueryLimitMaxChunks, fmt.Sprintf("query limit exceeded: the query reads more than %d chunks (--query.max-chunks)", req.GetMaxChunks())).Err()
 			}
 			m := it.At()
 			ss.Chunks = append(ss.Chunks, &censuspb.Chunk{
@@ -175,7 +175,7 @@ func (s *testIngester) Series(ctx context.Context, req *censuspb.SeriesRequest) 
 	resp := &censuspb.SeriesResponse{}
 	for set.Next() {
 		if req.GetMaxSeries() > 0 && int64(len(resp.Series)) >= req.GetMaxSeries() {
-			return nil, status.Errorf(codes.ResourceExhausted, "query limit exceeded: the request selects more than %d series (--query.max-series)", req.GetMaxSeries())
+			return nil, censuspb.QueryLimitStatus(censuspb.QueryLimitMaxSeries, fmt.Sprintf("query limit exceeded: the request selects more than %d series (--query.max-series)", req.GetMaxSeries())).Err()
 		}
 		resp.Series = append(resp.Series, &censuspb.SeriesLabels{Labels: censuspb.FromLabels(nil, set.At().Labels())})
 	}

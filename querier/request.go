@@ -3,11 +3,9 @@ package querier
 import (
 	"context"
 	"fmt"
-	"strings"
 	"sync/atomic"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
+	censuspb "github.com/census-metrics/census/proto"
 )
 
 // LimitError is the failure of a query that fetched more from the ingesters
@@ -75,22 +73,25 @@ const (
 	maxChunksFlag = "--query.max-chunks"
 )
 
-// ingesterLimit returns the query's LimitError when err is an ingester's
-// ResourceExhausted answer and the query has limits: an ingester answers a
-// read so only for the limits the querier hands it (max_series,
-// max_chunks), once what it alone would send breaches one, so the query is
-// over its limit and every replica would stop too. It returns nil for any
-// other error, and always outside the API, which has no limits. The
-// ingester's message names the flag of the limit it hit.
+// ingesterLimit returns the query's LimitError when err is an ingester
+// stopping at a limit the querier handed it (max_series, max_chunks; see
+// censuspb.QueryLimit): what that ingester alone would send breaches the
+// limit, so the query is over it and every replica would stop too. It
+// returns nil for any other error, and always outside the API, which has
+// no limits.
 func (r *request) ingesterLimit(err error) *LimitError {
-	if r == nil || status.Code(err) != codes.ResourceExhausted {
+	if r == nil {
 		return nil
 	}
-	switch {
-	case r.maxChunks > 0 && (r.maxSeries == 0 || strings.Contains(status.Convert(err).Message(), maxChunksFlag)):
-		return &LimitError{Flag: maxChunksFlag, Limit: int(r.maxChunks), What: "chunks"}
-	case r.maxSeries > 0:
-		return &LimitError{Flag: maxSeriesFlag, Limit: int(r.maxSeries), What: "series"}
+	switch censuspb.QueryLimitOf(err) {
+	case censuspb.QueryLimitMaxChunks:
+		if r.maxChunks > 0 {
+			return &LimitError{Flag: maxChunksFlag, Limit: int(r.maxChunks), What: "chunks"}
+		}
+	case censuspb.QueryLimitMaxSeries:
+		if r.maxSeries > 0 {
+			return &LimitError{Flag: maxSeriesFlag, Limit: int(r.maxSeries), What: "series"}
+		}
 	}
 	return nil
 }
