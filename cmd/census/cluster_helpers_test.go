@@ -346,10 +346,10 @@ func gathered(g prometheus.Gatherer, name string, labelPairs ...string) (float64
 	return sampleValue(mfs, name, labelPairs...)
 }
 
-// sampleValue returns the value of the series of name, by metric family
-// name, whose labels are exactly labelPairs (name, value, ...). A
-// histogram's or summary's count and sum are read as name_count and
-// name_sum, as the text format shows them.
+// sampleValue returns the value of the series name{labelPairs} in mfs,
+// the metric families by name: the series of name whose labels are exactly
+// labelPairs (name, value, ...). A histogram's or summary's count and sum
+// are read as name_count and name_sum, as the text format shows them.
 func sampleValue(mfs map[string]*dto.MetricFamily, name string, labelPairs ...string) (float64, error) {
 	if len(labelPairs)%2 != 0 {
 		return 0, fmt.Errorf("odd label pairs %q", labelPairs)
@@ -359,16 +359,16 @@ func sampleValue(mfs map[string]*dto.MetricFamily, name string, labelPairs ...st
 		want[labelPairs[i]] = labelPairs[i+1]
 	}
 	series := fmt.Sprintf("%s%v", name, want)
-	family, suffix := name, ""
-	mf, ok := mfs[name]
-	for _, s := range []string{"_count", "_sum"} {
-		if base, cut := strings.CutSuffix(name, s); !ok && cut {
-			if mf, ok = mfs[base]; ok {
-				family, suffix = base, s
+	mf, suffix := mfs[name], ""
+	if mf == nil {
+		for _, s := range []string{"_count", "_sum"} {
+			base, cut := strings.CutSuffix(name, s)
+			if f := mfs[base]; cut && (f.GetType() == dto.MetricType_HISTOGRAM || f.GetType() == dto.MetricType_SUMMARY) {
+				mf, suffix = f, s
 			}
 		}
 	}
-	if !ok {
+	if mf == nil {
 		return 0, fmt.Errorf("no metric %s", name)
 	}
 	var have []string
@@ -381,25 +381,27 @@ func sampleValue(mfs map[string]*dto.MetricFamily, name string, labelPairs ...st
 			have = append(have, fmt.Sprint(got))
 			continue
 		}
-		switch {
-		case mf.GetType() == dto.MetricType_COUNTER:
+		switch mf.GetType() {
+		case dto.MetricType_COUNTER:
 			return m.GetCounter().GetValue(), nil
-		case mf.GetType() == dto.MetricType_GAUGE:
+		case dto.MetricType_GAUGE:
 			return m.GetGauge().GetValue(), nil
-		case mf.GetType() == dto.MetricType_UNTYPED:
+		case dto.MetricType_UNTYPED:
 			return m.GetUntyped().GetValue(), nil
-		case mf.GetType() == dto.MetricType_HISTOGRAM && suffix == "_count":
-			return float64(m.GetHistogram().GetSampleCount()), nil
-		case mf.GetType() == dto.MetricType_HISTOGRAM && suffix == "_sum":
+		case dto.MetricType_HISTOGRAM:
+			if suffix == "_count" {
+				return float64(m.GetHistogram().GetSampleCount()), nil
+			}
 			return m.GetHistogram().GetSampleSum(), nil
-		case mf.GetType() == dto.MetricType_SUMMARY && suffix == "_count":
-			return float64(m.GetSummary().GetSampleCount()), nil
-		case mf.GetType() == dto.MetricType_SUMMARY && suffix == "_sum":
+		case dto.MetricType_SUMMARY:
+			if suffix == "_count" {
+				return float64(m.GetSummary().GetSampleCount()), nil
+			}
 			return m.GetSummary().GetSampleSum(), nil
 		}
-		return 0, fmt.Errorf("%s: cannot read a %s as %s", series, mf.GetType(), name)
+		return 0, fmt.Errorf("%s: cannot read a %s", series, mf.GetType())
 	}
-	return 0, fmt.Errorf("no series %s; %s has %v", series, family, have)
+	return 0, fmt.Errorf("no series %s; %s has %v", series, mf.GetName(), have)
 }
 
 // syncBuffer is a bytes.Buffer safe for the log reader and the test.
