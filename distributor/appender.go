@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/prometheus/prometheus/model/exemplar"
@@ -195,7 +194,19 @@ func (a *appender) Commit() (err error) {
 			}
 		}()
 	}
-	defer a.d.putAppender(a)
+	// The appender goes back to the free list once nothing uses its
+	// buffers: at once, unless pushes go on after the answer.
+	var pushing <-chan struct{}
+	defer func() {
+		if pushing == nil {
+			a.d.putAppender(a)
+			return
+		}
+		go func() {
+			<-pushing
+			a.d.putAppender(a)
+		}()
+	}()
 	rejected := a.rejected.err()
 	if len(a.series) == 0 {
 		return rejected
@@ -211,11 +222,14 @@ func (a *appender) Commit() (err error) {
 		a.d.metrics.commits.WithLabelValues("rejected").Inc()
 		return errors.Join(err, rejected)
 	}
-	ctx, cancel := context.WithTimeout(a.ctx, a.d.cfg.PushTimeout)
-	defer cancel()
-	errs := a.d.push(ctx, b.targets)
+	var errs []error
+	errs, pushing = a.d.push(a.ctx, b, isRetry(a.ctx))
 	quorumErr := b.checkQuorum(errs)
-	a.d.metrics.countIngesterSamples(b, errs, quorumErr == nil, isRetry(a.ctx))
+	for j := range b.targets {
+		if errs[j] != errPending {
+			a.d.metrics.countIngesterSamples(&b.targets[j], errs[j], quorumErr == nil, isRetry(a.ctx))
+		}
+	}
 	if quorumErr != nil {
 		a.d.metrics.commits.WithLabelValues("no_quorum").Inc()
 		return errors.Join(quorumErr, rejected)
@@ -432,19 +446,105 @@ func acknowledged(err error) bool {
 	return false
 }
 
-// push sends each target its request concurrently and returns each one's
-// error, in target order.
-func (d *Distributor) push(ctx context.Context, targets []target) []error {
-	errs := make([]error, len(targets))
-	var wg sync.WaitGroup
-	for j := range targets {
-		wg.Go(func() {
-			errs[j] = d.pushOne(ctx, &targets[j])
-		})
+// errPending is the answer of an ingester whose push was still in flight
+// when its commit was answered.
+var errPending = errors.New("push still in flight")
+
+// maxLatePushes bounds the pushes that go on after their commit was
+// answered: each holds its commit's buffers until its ingester answers or
+// the push timeout ends it. Beyond the bound, such pushes are canceled, and
+// their ingesters miss those samples as they would have by failing.
+const maxLatePushes = 256
+
+// push sends each target of b its request concurrently, under the push
+// timeout. It returns once every series has a quorum of acknowledgements,
+// every target has answered, or ctx ends: a slow or hung replica does not
+// hold a commit whose quorum answered already. The answers are in target
+// order, errPending for pushes still in flight; those go on in the
+// background, so the slow replica still gets its samples, and are counted
+// when they end. The channel closes when the last push has ended and b's
+// buffers are free again.
+func (d *Distributor) push(ctx context.Context, b *batch, retry bool) ([]error, <-chan struct{}) {
+	n := len(b.targets)
+	// The pushes outlive the request once its quorum answered, so they
+	// do not end with its context, only with the timeout.
+	pushCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.cfg.PushTimeout)
+	type answer struct {
+		j   int
+		err error
 	}
-	wg.Wait()
-	return errs
+	answers := make(chan answer, n)
+	for j := range b.targets {
+		go func() { answers <- answer{j, d.pushOne(pushCtx, &b.targets[j])} }()
+	}
+	errs := make([]error, n)
+	for j := range errs {
+		errs[j] = errPending
+	}
+	q := newQuorumCount(b)
+	got := 0
+wait:
+	for got < n && !q.met() {
+		select {
+		case a := <-answers:
+			got++
+			errs[a.j] = a.err
+			if acknowledged(a.err) {
+				q.ack(b, a.j)
+			}
+		case <-ctx.Done():
+			break wait
+		}
+	}
+	done := make(chan struct{})
+	if got == n {
+		cancel()
+		close(done)
+		return errs, done
+	}
+	answered := slices.Clone(errs)
+	if d.latePushes.Add(int64(n-got)) > maxLatePushes {
+		cancel()
+	}
+	go func() {
+		defer close(done)
+		defer cancel()
+		for ; got < n; got++ {
+			a := <-answers
+			d.latePushes.Add(-1)
+			d.metrics.countIngesterSamples(&b.targets[a.j], a.err, true, retry)
+		}
+	}()
+	return answered, done
 }
+
+// quorumCount follows, as a commit's answers come in, how many series
+// still lack a quorum of acknowledgements.
+type quorumCount struct {
+	need    []int // Per series, acknowledgements still needed.
+	missing int   // Series with need > 0.
+}
+
+func newQuorumCount(b *batch) *quorumCount {
+	quorum := b.rf/2 + 1
+	series := len(b.replicas) / max(b.rf, 1)
+	q := &quorumCount{need: make([]int, series), missing: series}
+	for i := range q.need {
+		q.need[i] = quorum
+	}
+	return q
+}
+
+// ack counts target j's acknowledgement for each of its series.
+func (q *quorumCount) ack(b *batch, j int) {
+	for _, i := range b.targets[j].series {
+		if q.need[i]--; q.need[i] == 0 {
+			q.missing--
+		}
+	}
+}
+
+func (q *quorumCount) met() bool { return q.missing == 0 }
 
 func (d *Distributor) pushOne(ctx context.Context, t *target) error {
 	conn, err := d.clients.Conn(t.instance.Addr)

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/model/metadata"
 	"github.com/prometheus/prometheus/storage"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
@@ -39,11 +40,22 @@ type fakeIngester struct {
 
 	mtx    sync.Mutex // Guards the fields below.
 	err    error
+	hold   chan struct{}          // If set, a push waits until it is closed: a hung ingester.
 	pushed map[string][]float64   // series (as text) -> values, in push order
 	series []*censuspb.TimeSeries // every series pushed, in push order
 }
 
-func (f *fakeIngester) Push(_ context.Context, req *censuspb.PushRequest) (*censuspb.PushResponse, error) {
+func (f *fakeIngester) Push(ctx context.Context, req *censuspb.PushRequest) (*censuspb.PushResponse, error) {
+	f.mtx.Lock()
+	hold := f.hold
+	f.mtx.Unlock()
+	if hold != nil {
+		select {
+		case <-hold:
+		case <-ctx.Done():
+			return nil, status.FromContextError(ctx.Err()).Err()
+		}
+	}
 	f.mtx.Lock()
 	defer f.mtx.Unlock()
 	if f.err != nil {
@@ -314,7 +326,10 @@ func TestAppender_CountsSamplesPerIngester(t *testing.T) {
 	fakes[1].setErr(nil)
 	require.NoError(t, commit(distributor.RetryContext(context.Background())))
 
-	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(`
+	// A failure that comes after the quorum answered is counted when it
+	// comes.
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		assert.NoError(c, testutil.GatherAndCompare(reg, strings.NewReader(`
 # HELP census_distributor_ingester_samples_total Samples pushed to each ingester by result: sent (acknowledged), failed (the push failed), retried (sent again after a failed commit), dropped (failed while the other replicas made the quorum, so never sent to it again).
 # TYPE census_distributor_ingester_samples_total counter
 census_distributor_ingester_samples_total{ingester="ingester-a",result="sent"} 30
@@ -326,4 +341,55 @@ census_distributor_ingester_samples_total{ingester="ingester-c",result="failed"}
 census_distributor_ingester_samples_total{ingester="ingester-c",result="dropped"} 20
 census_distributor_ingester_samples_total{ingester="ingester-c",result="retried"} 10
 `), "census_distributor_ingester_samples_total"))
+	}, 10*time.Second, 10*time.Millisecond)
+}
+
+// TestAppender_QuorumAnswersWithoutTheHungReplica: with one of three
+// replicas hung, a commit is answered once the other two stored it, and
+// the hung one still gets the samples when it wakes up.
+func TestAppender_QuorumAnswersWithoutTheHungReplica(t *testing.T) {
+	d, fakes, reg := clusterWithConfig(t, 3, 3, distributor.Config{PushTimeout: time.Minute})
+	hold := make(chan struct{})
+	fakes[2].mtx.Lock()
+	fakes[2].hold = hold
+	fakes[2].mtx.Unlock()
+
+	app := d.AppenderV2(context.Background())
+	series := testSeries(10)
+	for _, ls := range series {
+		_, err := app.Append(0, ls, 0, 1000, 1, nil, nil, storage.AOptions{})
+		require.NoError(t, err)
+	}
+	// Commit returns while the hung replica still holds its push: it
+	// cannot have waited for it.
+	require.NoError(t, app.Commit())
+	require.Empty(t, fakes[2].allSeries())
+	for _, ls := range series {
+		require.Equal(t, []float64{1}, fakes[0].values(ls))
+		require.Equal(t, []float64{1}, fakes[1].values(ls))
+	}
+
+	// The next commit reuses no buffer of the push still in flight.
+	app = d.AppenderV2(context.Background())
+	for _, ls := range series {
+		_, err := app.Append(0, ls, 0, 2000, 2, nil, nil, storage.AOptions{})
+		require.NoError(t, err)
+	}
+	require.NoError(t, app.Commit())
+
+	close(hold)
+	require.Eventually(t, func() bool { return len(fakes[2].allSeries()) == 20 }, 10*time.Second, 5*time.Millisecond)
+	for _, ls := range series {
+		require.ElementsMatch(t, []float64{1, 2}, fakes[2].values(ls), "the hung replica got both commits' samples, intact")
+	}
+	// The late push is counted when it ends.
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		assert.NoError(c, testutil.GatherAndCompare(reg, strings.NewReader(`
+# HELP census_distributor_ingester_samples_total Samples pushed to each ingester by result: sent (acknowledged), failed (the push failed), retried (sent again after a failed commit), dropped (failed while the other replicas made the quorum, so never sent to it again).
+# TYPE census_distributor_ingester_samples_total counter
+census_distributor_ingester_samples_total{ingester="ingester-a",result="sent"} 20
+census_distributor_ingester_samples_total{ingester="ingester-b",result="sent"} 20
+census_distributor_ingester_samples_total{ingester="ingester-c",result="sent"} 20
+`), "census_distributor_ingester_samples_total"))
+	}, 10*time.Second, 5*time.Millisecond)
 }

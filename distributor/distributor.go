@@ -12,6 +12,7 @@ import (
 	"github.com/alecthomas/units"
 	"log/slog"
 	"runtime"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -105,6 +106,9 @@ type Distributor struct {
 	// collections, which a distributor decoding pushes runs often; its
 	// size bounds the memory it keeps.
 	appenders chan *appender
+	// latePushes counts the pushes still in flight after their commit was
+	// answered (see push).
+	latePushes atomic.Int64
 }
 
 var _ storage.AppendableV2 = (*Distributor)(nil)
@@ -180,26 +184,23 @@ type metrics struct {
 	ingesterSamples *prometheus.CounterVec
 }
 
-// countIngesterSamples counts what each ingester of a pushed batch got:
-// sent (it acknowledged them), failed (its push failed), retried (they
-// were sent again, by a caller marking its context with RetryContext) and
-// dropped (its push failed but every series reached its quorum without it,
-// so nobody sends them to it again).
-func (m *metrics) countIngesterSamples(b *batch, errs []error, quorum, retry bool) {
-	for j := range b.targets {
-		t := &b.targets[j]
-		n := float64(t.samples)
-		if retry {
-			m.ingesterSamples.WithLabelValues(t.instance.ID, "retried").Add(n)
-		}
-		if acknowledged(errs[j]) {
-			m.ingesterSamples.WithLabelValues(t.instance.ID, "sent").Add(n)
-			continue
-		}
-		m.ingesterSamples.WithLabelValues(t.instance.ID, "failed").Add(n)
-		if quorum {
-			m.ingesterSamples.WithLabelValues(t.instance.ID, "dropped").Add(n)
-		}
+// countIngesterSamples counts what the ingester of target t got: sent (it
+// acknowledged them), failed (its push failed), retried (they were sent
+// again, by a caller marking its context with RetryContext) and dropped
+// (its push failed but every series reached its quorum without it, so
+// nobody sends them to it again).
+func (m *metrics) countIngesterSamples(t *target, err error, quorum, retry bool) {
+	n := float64(t.samples)
+	if retry {
+		m.ingesterSamples.WithLabelValues(t.instance.ID, "retried").Add(n)
+	}
+	if acknowledged(err) {
+		m.ingesterSamples.WithLabelValues(t.instance.ID, "sent").Add(n)
+		return
+	}
+	m.ingesterSamples.WithLabelValues(t.instance.ID, "failed").Add(n)
+	if quorum {
+		m.ingesterSamples.WithLabelValues(t.instance.ID, "dropped").Add(n)
 	}
 }
 

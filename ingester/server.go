@@ -37,6 +37,8 @@ func newServer(i *Ingester, ln net.Listener, register func(*grpc.Server), opts .
 		// Pushes are the only big messages an ingester receives.
 		grpc.MaxRecvMsgSize(int(i.cfg.Limits.MaxRequestBytes)),
 		grpc.MaxSendMsgSize(censuspb.MaxMessageSize),
+		// Census clients ping idle connections to find a hung peer.
+		grpc.KeepaliveEnforcementPolicy(censuspb.KeepaliveEnforcement),
 	}
 	// Interceptors chain in the order given, the first outermost: the
 	// caller's see the gRPC status the client gets.

@@ -9,12 +9,29 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
 )
 
 // MaxMessageSize bounds one gRPC message either way: large enough for a
 // push batch or a stream frame of chunks, small enough that one message
 // cannot exhaust a process.
 const MaxMessageSize = 64 << 20
+
+// Keepalive: a client pings an idle connection every KeepaliveTime and
+// closes it when the ping has no answer within KeepaliveTimeout, so calls
+// to a hung ingester (stopped, or on a dead node whose kernel still holds
+// the TCP connection) fail over to other replicas within seconds instead
+// of waiting for their deadline. Servers must allow pings this often
+// (KeepaliveEnforcement), or they would close the connection for pinging
+// too much.
+const (
+	KeepaliveTime    = 10 * time.Second
+	KeepaliveTimeout = 5 * time.Second
+)
+
+// KeepaliveEnforcement is the policy a Census gRPC server needs for the
+// pings of Census clients.
+var KeepaliveEnforcement = keepalive.EnforcementPolicy{MinTime: KeepaliveTime / 2, PermitWithoutStream: true}
 
 // ClientPool keeps one gRPC connection per ingester address, shared by every
 // caller. Connections are made lazily and reconnect by themselves, so a pool
@@ -37,7 +54,7 @@ type poolEntry struct {
 }
 
 // NewClientPool returns a pool whose connections use opts after Census'
-// defaults (plaintext, MaxMessageSize).
+// defaults (plaintext, MaxMessageSize, keepalive).
 func NewClientPool(opts ...grpc.DialOption) *ClientPool {
 	defaults := []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
@@ -45,6 +62,7 @@ func NewClientPool(opts ...grpc.DialOption) *ClientPool {
 			grpc.MaxCallRecvMsgSize(MaxMessageSize),
 			grpc.MaxCallSendMsgSize(MaxMessageSize),
 		),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: KeepaliveTime, Timeout: KeepaliveTimeout, PermitWithoutStream: true}),
 	}
 	return &ClientPool{opts: append(defaults, opts...), conns: map[string]*poolEntry{}}
 }
