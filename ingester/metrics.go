@@ -12,6 +12,7 @@ import (
 // metrics on the same registerer.
 type metrics struct {
 	samplesAppended    prometheus.Counter
+	samplesResent      prometheus.Counter
 	discardedSamples   *prometheus.CounterVec
 	discardedExemplars *prometheus.CounterVec
 	pushRequests       *prometheus.CounterVec
@@ -47,6 +48,10 @@ func newMetrics(reg prometheus.Registerer, db func() *tsdb.DB) *metrics {
 		samplesAppended: f.NewCounter(prometheus.CounterOpts{
 			Name: "census_ingester_samples_appended_total",
 			Help: "Samples (floats and native histograms) committed to the TSDB by pushes.",
+		}),
+		samplesResent: f.NewCounter(prometheus.CounterOpts{
+			Name: "census_ingester_resent_samples_total",
+			Help: "Samples of pushes that the time rules refused but this ingester already held with the same value, as a sender's retry repeats them: success, neither stored again nor discarded.",
 		}),
 		discardedSamples: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "census_ingester_discarded_samples_total",

@@ -25,7 +25,9 @@ import (
 // Input is refused per sample, never per batch: a series with invalid labels
 // or over a limit, and a sample the time rules refuse (out of order, too old,
 // a different value for a timestamp already stored) are left out while the
-// rest of the batch is stored. Push then fails with InvalidArgument, or with
+// rest of the batch is stored. A sample the ingester already holds with the
+// same value is success wherever it lies in its series, so that a sender
+// may retry a push (resend.go). Push then fails with InvalidArgument, or with
 // ResourceExhausted if only the series limits refused samples, and its status
 // details carry a censuspb.PushResponse with one Rejection per reason. On
 // full success it returns an empty PushResponse. Exemplars the TSDB refuses
@@ -76,6 +78,9 @@ func (i *Ingester) pushWith(ctx context.Context, each func(st *pushState) error)
 	if err := st.app.Commit(); err != nil {
 		return fmt.Errorf("commit push of %d samples: %w", st.appended, err)
 	}
+	// Before the fsync, so that the fsync covers every stored sample a
+	// refusal turns out to repeat.
+	st.resolveRefusals(ctx)
 	if i.syncer != nil {
 		if err := i.syncer.sync(ctx); err != nil {
 			return fmt.Errorf("fsync WAL after committing %d samples: %w", st.appended, err)
@@ -83,6 +88,9 @@ func (i *Ingester) pushWith(ctx context.Context, each func(st *pushState) error)
 	}
 
 	i.metrics.samplesAppended.Add(float64(st.appended))
+	if st.resent > 0 {
+		i.metrics.samplesResent.Add(float64(st.resent))
+	}
 	for r := range censuspb.NumReasons {
 		if n := st.rej.samples[r]; n > 0 {
 			i.metrics.discardedSamples.WithLabelValues(r.String()).Add(float64(n))
@@ -119,8 +127,18 @@ type pushState struct {
 	// is then silently dropped by Commit; latest lets us report it instead.
 	latest map[storage.SeriesRef]sample
 
-	appended           int
-	rej                pushError
+	appended int
+	resent   int // Refused samples found stored identically: success.
+	rej      pushError
+	// refused are the samples the time rules refused, by refusedSeries,
+	// looked up once the push is committed (resend.go); refusedByHash finds
+	// a series in refusedSeries (nil until a push refuses a sample), and
+	// refusedStored and refusedOrder are the lookup's scratch space.
+	refused            []refusal
+	refusedSeries      []refusedSeries
+	refusedByHash      map[uint64]int
+	refusedStored      []bool
+	refusedOrder       []int
 	exemplarBuf        []exemplar.Exemplar
 	exemplarsDiscarded map[string]int
 	meta               []familyMetadata     // Metadata seen, for i.metadata.
@@ -167,8 +185,13 @@ func (i *Ingester) getPushState(ctx context.Context, db *tsdb.DB) *pushState {
 func (i *Ingester) putPushState(st *pushState) {
 	st.db, st.app, st.exemplars = nil, nil, nil
 	clear(st.latest)
-	st.appended = 0
+	st.appended, st.resent = 0, 0
 	st.rej = pushError{}
+	clear(st.refused)
+	st.refused = st.refused[:0]
+	clear(st.refusedSeries)
+	st.refusedSeries = st.refusedSeries[:0]
+	clear(st.refusedByHash)
 	clear(st.exemplarBuf)
 	st.exemplarBuf = st.exemplarBuf[:0]
 	clear(st.exemplarsDiscarded)
@@ -231,7 +254,7 @@ func (st *pushState) appendSeries(ls labels.Labels, ts *censuspb.TimeSeries) err
 				continue // Already in this push; the TSDB would ignore it.
 			}
 			if err := st.follows(newest, cur); err != nil {
-				st.rejectSample(ls, cur.t, err)
+				st.refuse(ls, cur, err)
 				continue
 			}
 		}
@@ -252,7 +275,7 @@ func (st *pushState) appendSeries(ls labels.Labels, ts *censuspb.TimeSeries) err
 				st.rej.reject(censuspb.ReasonInvalidLabel, remaining, fmt.Errorf("series %s: %w", formatSeries(ls), err))
 				return nil
 			case isSampleError(err):
-				st.rejectSample(ls, cur.t, err)
+				st.refuse(ls, cur, err)
 				continue
 			}
 			return fmt.Errorf("append to series %s: %w", formatSeries(ls), err)
@@ -270,7 +293,7 @@ func (st *pushState) appendSeries(ls labels.Labels, ts *censuspb.TimeSeries) err
 					continue // Commit ignores it.
 				}
 				if err := st.follows(prev, cur); err != nil {
-					st.rejectSample(ls, cur.t, err)
+					st.refuse(ls, cur, err)
 					continue
 				}
 			}
