@@ -9,11 +9,11 @@ import (
 
 // PauseHeartbeats makes r stop heartbeating while it keeps gossiping, the
 // way a hung ingester looks to the others.
-func PauseHeartbeats(r *Ring) { r.heartbeatsPaused.Store(true) }
+func PauseHeartbeats(r *Ring) { r.hooks.heartbeatsPaused.Store(true) }
 
 // Kill makes r's Run return the way a crashed process disappears: no LEFT
 // tombstone, no memberlist leave, just silence.
-func Kill(r *Ring) { r.killOnce.Do(func() { close(r.killc) }) }
+func Kill(r *Ring) { r.hooks.killOnce.Do(func() { close(r.hooks.killc) }) }
 
 // NewWithMemberlistConfig is New with configure applied to memberlist's
 // configuration before memberlist starts: shorter failure detection, or a

@@ -302,9 +302,13 @@ func (e events) set(n *memberlist.Node, alive bool) {
 	defer e.r.peersMtx.Unlock()
 	if !alive {
 		delete(e.r.peers, n.Name)
+		delete(e.r.peersSince, n.Name)
 		return
 	}
-	e.r.peers[n.Name] = memberlist.Node{Name: n.Name, Addr: slices.Clone(n.Addr), Port: n.Port, State: memberlist.StateAlive}
+	if _, ok := e.r.peersSince[n.Name]; !ok {
+		e.r.peersSince[n.Name] = e.r.now()
+	}
+	e.r.peers[n.Name] = memberlist.Node{Name: n.Name, Addr: slices.Clone(n.Addr), Port: n.Port, Meta: slices.Clone(n.Meta), State: memberlist.StateAlive}
 }
 
 // mergeRemote merges a descriptor received from a peer and, when pass is
@@ -399,8 +403,44 @@ type delegate struct{ r *Ring }
 
 var _ memberlist.Delegate = delegate{}
 
-// NodeMeta is unused: the ring travels in user messages, not node metadata.
-func (delegate) NodeMeta(int) []byte { return nil }
+// NodeMeta announces, for an ingester, its instance ID and zone (see
+// memberMeta); watchers announce nothing. The ring itself travels in user
+// messages.
+func (d delegate) NodeMeta(limit int) []byte {
+	if !d.r.isIngester() {
+		return nil
+	}
+	b, err := json.Marshal(memberMeta{ID: d.r.id, Zone: d.r.cfg.Zone})
+	if err != nil || len(b) > limit {
+		// Peers then do not wait for this instance's entry before they
+		// go ACTIVE (see settleJoin), which costs balance, not data.
+		d.r.logger.Warn("Ring instance ID and zone do not fit memberlist's node metadata", "id", d.r.id, "limit", limit)
+		return nil
+	}
+	return b
+}
+
+// memberMeta is the memberlist node metadata of an ingester. memberlist
+// gossips who is a member in small messages of its own, far faster than
+// the ring's entries spread, so a JOINING ingester learns from it of every ingester
+// that has joined the cluster, and waits for their entries (settleJoin).
+type memberMeta struct {
+	ID   string `json:"id"`
+	Zone string `json:"zone,omitempty"`
+}
+
+// decodeMemberMeta returns the ingester a member's metadata announces, or
+// false for a watcher (or metadata it cannot read).
+func decodeMemberMeta(b []byte) (memberMeta, bool) {
+	if len(b) == 0 {
+		return memberMeta{}, false
+	}
+	var m memberMeta
+	if err := json.Unmarshal(b, &m); err != nil || m.ID == "" {
+		return memberMeta{}, false
+	}
+	return m, true
+}
 
 // NotifyMsg merges a delta; b is not retained, as memberlist reuses it.
 func (d delegate) NotifyMsg(b []byte) {

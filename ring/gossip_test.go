@@ -513,11 +513,11 @@ func TestRing_ThirtyMembers(t *testing.T) {
 		worst = max(worst, zoneMaxOverMean(watcher.Instances(), z))
 	}
 	t.Logf("max/mean share of its zone's token space after a parallel start of 27 ingesters in 3 zones: %.3f", worst)
-	// Usually 1.00 to 1.03, as balanced as one by one; but a joiner that
-	// hears of an older one only after it went ACTIVE (gossip slower than
-	// spreadTime, as on an overloaded test machine) overlaps with it, so
-	// only require no worse than random tokens.
-	require.LessOrEqual(t, worst, 1.25, "a parallel start balances")
+	// As balanced as one by one: a joiner goes ACTIVE only once it holds
+	// the entry of every ingester of its zone memberlist lists and the
+	// older ones hold the tokens it plans for them, however slowly the
+	// entries spread (join.go).
+	require.LessOrEqual(t, worst, 1.10, "a parallel start balances")
 
 	// LEAVING: writers skip it, readers still ask it.
 	leaving := ingesters[26]

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"maps"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/memberlist"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
@@ -81,28 +83,27 @@ func TestRing_Register(t *testing.T) {
 		{name: "new instance chooses tokens and joins", wantState: JOINING, wantHeartbeat: 1_000_000},
 		{name: "new instance without a tokens file", noFile: true, wantState: JOINING, wantHeartbeat: 1_000_000},
 		{
-			name:           "restart reuses the tokens file and its registration time",
+			// [10 20 30 40] would own almost nothing beside "other".
+			name:           "a tokens file that does not fit the ring is replaced, its registration time kept",
 			file:           `{"tokens":[10,20,30,40],"registered_at":123}`,
 			previous:       &InstanceDesc{ID: "self", Addr: "old:9095", State: LEFT, Heartbeat: 990_000},
-			wantState:      ACTIVE,
-			wantTokens:     []uint32{10, 20, 30, 40},
+			wantState:      JOINING,
 			wantHeartbeat:  1_000_000,
 			wantRegistered: 123,
 		},
 		{
-			name:          "restart reuses an old tokens file without a registration time",
+			name:          "an old tokens file without a registration time that does not fit",
 			file:          `{"tokens":[10,20,30,40]}`,
 			previous:      &InstanceDesc{ID: "self", Addr: "old:9095", State: LEFT, Heartbeat: 990_000},
-			wantState:     ACTIVE,
-			wantTokens:    []uint32{10, 20, 30, 40},
+			wantState:     JOINING,
 			wantHeartbeat: 1_000_000,
 		},
 		{
-			name:          "the tokens file wins over the ring",
+			name:          "tokens it owns in the ring win over the tokens file",
 			file:          `{"tokens":[10,20,30,40]}`,
 			previous:      &InstanceDesc{ID: "self", Addr: "old:9095", State: ACTIVE, Tokens: []uint32{11, 21, 31, 41}, Heartbeat: 990_000},
 			wantState:     ACTIVE,
-			wantTokens:    []uint32{10, 20, 30, 40},
+			wantTokens:    []uint32{11, 21, 31, 41},
 			wantHeartbeat: 1_000_000,
 		},
 		{
@@ -280,12 +281,92 @@ func TestRing_SettleJoin(t *testing.T) {
 		s := newSnapshot(r.desc, nil)
 		require.InDeltaSlice(t, []float64{1.0 / 3, 1.0 / 3, 1.0 / 3}, s.ownership, 0.02)
 
-		// Nothing changed since: ACTIVE.
+		// "b" holds the tokens this one plans for it, so both see the
+		// same ring: nothing changed, ACTIVE, without waiting for "b".
 		again, err = r.settleJoin()
 		require.NoError(t, err)
 		require.False(t, again)
 		require.Equal(t, ACTIVE, entry(t, r, "self").State)
 		require.Equal(t, self.Tokens, entry(t, r, "self").Tokens)
+	})
+
+	t.Run("an older instance that holds other tokens than planned is waited for", func(t *testing.T) {
+		now := time.UnixMilli(1_000_000)
+		r := newTestRing(t, "self", "self:9095", &now, nil)
+		setDesc(r, desc{"a": active})
+		_, err := r.register()
+		require.NoError(t, err)
+
+		// "b" is older and still holds tokens that fit no ring: its
+		// plan, and so this one's, will change once it takes new ones.
+		older := InstanceDesc{ID: "b", Addr: "b:9095", Zone: "z1", State: JOINING, Tokens: []uint32{1, 2, 3, 4}, Heartbeat: 999_999, RegisteredAt: 999_999}
+		r.mergeRemote(desc{"b": older}, false)
+		for range 3 {
+			_, err := r.settleJoin()
+			require.NoError(t, err)
+			require.Equal(t, JOINING, entry(t, r, "self").State)
+		}
+		mine := entry(t, r, "self").Tokens
+
+		// "b" takes the tokens of the plan (as it computes it too).
+		older.Tokens = r.joiningTokens(r.snap.Load(), older)
+		older.Heartbeat++
+		r.mergeRemote(desc{"b": older}, false)
+		again, err := r.settleJoin()
+		require.NoError(t, err)
+		require.False(t, again)
+		require.Equal(t, ACTIVE, entry(t, r, "self").State)
+		require.Equal(t, mine, entry(t, r, "self").Tokens, "this one's plan already counted on the tokens b took")
+		s := newSnapshot(r.desc, nil)
+		require.InDeltaSlice(t, []float64{1.0 / 3, 1.0 / 3, 1.0 / 3}, s.ownership, 0.02)
+	})
+
+	t.Run("an ingester memberlist lists is waited for until its entry arrives", func(t *testing.T) {
+		now := time.UnixMilli(1_000_000)
+		r := newTestRingWith(t, "self", "self:9095", &now, nil, func(c *Config) { c.AutoForgetAfter = time.Minute })
+		setDesc(r, desc{"a": active})
+		_, err := r.register()
+		require.NoError(t, err)
+		// Peers of another zone, and watchers, are not waited for.
+		addPeer(r, "c-1", memberMeta{ID: "c", Zone: "z2"})
+		addPeer(r, "watcher-1", memberMeta{})
+		addPeer(r, "b-1", memberMeta{ID: "b", Zone: "z1"})
+		for range 3 {
+			joining, err := r.settleJoin()
+			require.NoError(t, err)
+			require.True(t, joining, "the entry of b is not here yet")
+		}
+		// b registered before this one, against a ring without it.
+		older := InstanceDesc{ID: "b", Addr: "b:9095", Zone: "z1", State: JOINING, Heartbeat: 999_999, RegisteredAt: 999_999}
+		older.Tokens = chooseTokens(joinRand(older), 4, 3, "z1", []InstanceDesc{active})
+		r.mergeRemote(desc{"b": older}, false)
+		joining, err := r.settleJoin()
+		require.NoError(t, err)
+		require.True(t, joining, "chose again, around b")
+		joining, err = r.settleJoin()
+		require.NoError(t, err)
+		require.False(t, joining)
+		s := newSnapshot(r.desc, nil)
+		require.InDeltaSlice(t, []float64{1.0 / 3, 1.0 / 3, 1.0 / 3}, s.ownership, 0.02)
+	})
+
+	t.Run("a listed ingester without an entry for AutoForgetAfter is not waited for", func(t *testing.T) {
+		now := time.UnixMilli(1_000_000)
+		r := newTestRingWith(t, "self", "self:9095", &now, nil, func(c *Config) { c.AutoForgetAfter = time.Minute })
+		setDesc(r, desc{"a": active})
+		_, err := r.register()
+		require.NoError(t, err)
+		// A hung ingester: memberlist still lists it, but it was
+		// forgotten before this one joined.
+		addPeer(r, "hung-1", memberMeta{ID: "hung", Zone: "z1"})
+		now = now.Add(time.Minute - time.Millisecond)
+		joining, err := r.settleJoin()
+		require.NoError(t, err)
+		require.True(t, joining)
+		now = now.Add(time.Millisecond)
+		joining, err = r.settleJoin()
+		require.NoError(t, err)
+		require.False(t, joining)
 	})
 
 	t.Run("every member computes the same tokens for a group", func(t *testing.T) {
@@ -332,6 +413,20 @@ func TestRing_SettleJoin(t *testing.T) {
 	})
 }
 
+// addPeer lists a memberlist member named name, with the metadata of m
+// (none when m.ID is empty), as alive since now.
+func addPeer(r *Ring, name string, m memberMeta) {
+	n := &memberlist.Node{Name: name, Addr: net.IPv4(127, 0, 0, 1), Port: 7946}
+	if m.ID != "" {
+		b, err := json.Marshal(m)
+		if err != nil {
+			panic(err)
+		}
+		n.Meta = b
+	}
+	events{r}.NotifyJoin(n)
+}
+
 func TestRing_TickAndLeave(t *testing.T) {
 	now := time.UnixMilli(1_000_000)
 	reg := prometheus.NewPedanticRegistry()
@@ -371,7 +466,7 @@ census_ring_members{state="UNHEALTHY"} 1
 	now = now.Add(time.Second)
 	r.tick()
 	require.Equal(t, int64(1_001_000), entry(t, r, "self").Heartbeat, "paused heartbeats")
-	r.heartbeatsPaused.Store(false)
+	r.hooks.heartbeatsPaused.Store(false)
 
 	r.leave()
 	self = entry(t, r, "self")
