@@ -41,15 +41,19 @@ type fakeIngester struct {
 	mtx    sync.Mutex // Guards the fields below.
 	err    error
 	hold   chan struct{}          // If set, a push waits until it is closed: a hung ingester.
+	held   chan struct{}          // If set, gets a value as a push starts to wait on hold.
 	pushed map[string][]float64   // series (as text) -> values, in push order
 	series []*censuspb.TimeSeries // every series pushed, in push order
 }
 
 func (f *fakeIngester) Push(ctx context.Context, req *censuspb.PushRequest) (*censuspb.PushResponse, error) {
 	f.mtx.Lock()
-	hold := f.hold
+	hold, held := f.hold, f.held
 	f.mtx.Unlock()
 	if hold != nil {
+		if held != nil {
+			held <- struct{}{}
+		}
 		select {
 		case <-hold:
 		case <-ctx.Done():

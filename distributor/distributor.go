@@ -48,6 +48,10 @@ type Config struct {
 	// MaxRequestBytes bounds an HTTP push (remote write, OTLP): its body
 	// as sent, and a remote-write body once snappy decompresses it.
 	MaxRequestBytes units.Base2Bytes
+	// MaxInflightPushRequests and MaxInflightPushBytes bound the HTTP
+	// pushes worked on at once (see inflight).
+	MaxInflightPushRequests int
+	MaxInflightPushBytes    units.Base2Bytes
 }
 
 // newFreeList returns a free list for as many appenders as can run at
@@ -66,6 +70,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxLabelValueLength, "distributor.max-label-value-length", 4096, "Longest label value, in bytes; a series with a longer one is refused. 0 means no limit.")
 	fs.DurationVar(&c.MaxSampleAge, "distributor.max-sample-age", 0, "Refuse samples older than this. 0 leaves it to the ingesters' time rules (--storage.out-of-order-window).")
 	fs.TextVar(&c.MaxRequestBytes, "distributor.max-request-bytes", units.Base2Bytes(64<<20), "Largest HTTP push (remote write, OTLP) the distributor takes, as sent and, for remote write, once decompressed, e.g. 16MB; a larger one is refused with 413. 0 means no limit.")
+	fs.IntVar(&c.MaxInflightPushRequests, "distributor.max-inflight-push-requests", 256, "Most HTTP pushes (remote write, OTLP) the distributor works on at once; more are refused with 429, so senders back off. 0 means no limit.")
+	fs.TextVar(&c.MaxInflightPushBytes, "distributor.max-inflight-push-bytes", units.Base2Bytes(256<<20), "Most bytes, as sent, of the HTTP pushes the distributor works on at once (decoding takes many times that in memory); more are refused with 429. 0 means no limit.")
 	fs.DurationVar(&c.MaxFutureSkew, "distributor.max-future-skew", 10*time.Minute, "Refuse samples stamped further than this ahead of this machine's clock. 0 means no limit. Prometheus' remote-write and OTLP receivers refuse more than 10m ahead in any case.")
 }
 
@@ -84,6 +90,8 @@ func (c *Config) Validate() error {
 		{"--distributor.max-sample-age", int64(c.MaxSampleAge)},
 		{"--distributor.max-future-skew", int64(c.MaxFutureSkew)},
 		{"--distributor.max-request-bytes", int64(c.MaxRequestBytes)},
+		{"--distributor.max-inflight-push-requests", int64(c.MaxInflightPushRequests)},
+		{"--distributor.max-inflight-push-bytes", int64(c.MaxInflightPushBytes)},
 	} {
 		if f.value < 0 {
 			return fmt.Errorf("%s must not be negative, got %d", f.flag, f.value)

@@ -58,9 +58,10 @@ func NewReceiver(d *Distributor, logger *slog.Logger, reg prometheus.Registerer)
 		LookbackDelta: 5 * time.Minute,
 	})
 	maxBytes := int64(d.cfg.MaxRequestBytes)
+	in := newInflight(d.cfg.MaxInflightPushRequests, d.cfg.MaxInflightPushBytes, reg)
 	return &Receiver{
-		remoteWrite: &pushHandler{next: rw, logger: logger, maxBytes: maxBytes},
-		otlp:        &pushHandler{next: otlp, logger: logger, otlp: true, maxBytes: maxBytes},
+		remoteWrite: &pushHandler{next: rw, logger: logger, maxBytes: maxBytes, inflight: in},
+		otlp:        &pushHandler{next: otlp, logger: logger, otlp: true, maxBytes: maxBytes, inflight: in},
 	}
 }
 
@@ -117,6 +118,7 @@ type pushHandler struct {
 	logger   *slog.Logger
 	otlp     bool
 	maxBytes int64 // --distributor.max-request-bytes
+	inflight *inflight
 }
 
 func (h *pushHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -128,6 +130,17 @@ func (h *pushHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, r.Method+" is not allowed: push with POST", http.StatusMethodNotAllowed)
 		return
 	}
+	// A body of unknown length (chunked) may be as large as allowed.
+	size := r.ContentLength
+	if size < 0 {
+		size = h.maxBytes
+	}
+	if msg := h.inflight.acquire(size); msg != "" {
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, msg, http.StatusTooManyRequests)
+		return
+	}
+	defer h.inflight.release(size)
 	rep := &pushReport{}
 	if msg := h.limitBody(r, rep); msg != "" {
 		http.Error(w, msg, http.StatusRequestEntityTooLarge)

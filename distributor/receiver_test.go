@@ -411,6 +411,74 @@ func TestReceiver_TooLarge(t *testing.T) {
 	require.Equal(t, http.StatusOK, resp.StatusCode, string(body))
 }
 
+// TestReceiver_InflightLimits: while pushes are held at the ingester, a
+// push over the in-flight limits is refused at once with 429 and
+// Retry-After, naming the flag; once they end, pushes are taken again.
+func TestReceiver_InflightLimits(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		limit func(*distributor.Config)
+		want  string
+	}{
+		{name: "requests", limit: func(c *distributor.Config) { c.MaxInflightPushRequests = 1 }, want: "--distributor.max-inflight-push-requests"},
+		{name: "bytes", limit: func(c *distributor.Config) { c.MaxInflightPushBytes = 1 << 10 }, want: "--distributor.max-inflight-push-bytes"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := limitedConfig()
+			tc.limit(&cfg)
+			u, fakes := receiver(t, 1, 1, cfg)
+			hold, held := make(chan struct{}), make(chan struct{}, 1)
+			fakes[0].mtx.Lock()
+			fakes[0].hold, fakes[0].held = hold, held
+			fakes[0].mtx.Unlock()
+			push := func(name string) (int, http.Header, string) {
+				// 100 samples of distinct values: a body of about 1.5KiB
+				// that snappy cannot shrink much.
+				now := time.Now().UnixMilli()
+				var samples []prompb.Sample
+				for i := range 100 {
+					samples = append(samples, prompb.Sample{Timestamp: now - int64(100-i)*1000, Value: float64(i) * 1.234567})
+				}
+				body := encode(t, &prompb.WriteRequest{Timeseries: []prompb.TimeSeries{{
+					Labels:  []prompb.Label{{Name: "__name__", Value: name}},
+					Samples: samples,
+				}}})
+				require.Greater(t, len(body), 1<<9, "two bodies pass the 1KiB limit")
+				req, err := http.NewRequest(http.MethodPost, u.JoinPath(distributor.RemoteWritePath).String(), bytes.NewReader(body))
+				require.NoError(t, err)
+				req.Header.Set("Content-Type", "application/x-protobuf")
+				req.Header.Set("Content-Encoding", "snappy")
+				resp, err := http.DefaultClient.Do(req)
+				require.NoError(t, err)
+				defer resp.Body.Close()
+				b, err := io.ReadAll(resp.Body)
+				require.NoError(t, err)
+				return resp.StatusCode, resp.Header, string(b)
+			}
+			first := make(chan int, 1)
+			go func() {
+				code, _, _ := push("held")
+				first <- code
+			}()
+			select {
+			case <-held: // The first push is in flight, held by the ingester.
+			case code := <-first:
+				t.Fatalf("the first push was answered %d instead of held", code)
+			case <-time.After(30 * time.Second):
+				t.Fatal("the first push did not reach the ingester")
+			}
+			code, hdr, body := push("refused")
+			require.Equal(t, http.StatusTooManyRequests, code, body)
+			require.Equal(t, "1", hdr.Get("Retry-After"))
+			require.Contains(t, body, tc.want)
+			close(hold)
+			require.Equal(t, http.StatusNoContent, <-first)
+			code, _, body = push("after")
+			require.Equal(t, http.StatusNoContent, code, body)
+		})
+	}
+}
+
 func TestReceiver_BadRequests(t *testing.T) {
 	u, _ := receiver(t, 1, 1, limitedConfig())
 	send := func(method, path, contentType, encoding string, body []byte) (int, http.Header, string) {
