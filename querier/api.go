@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/prometheus/model/exemplar"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/promql"
+	"github.com/prometheus/prometheus/promql/parser"
 	"github.com/prometheus/prometheus/rules"
 	"github.com/prometheus/prometheus/scrape"
 	"github.com/prometheus/prometheus/storage"
@@ -57,9 +58,19 @@ const (
 	remoteReadMaxBytesInFrame  = 1 << 20
 )
 
+// noStepSubqueryInterval is the step, in milliseconds, of a subquery
+// written without one: the evaluation interval, which Census, having no
+// rules, fixes at Prometheus' default.
+var noStepSubqueryInterval = time.Duration(config.DefaultGlobalConfig.EvaluationInterval).Milliseconds()
+
 // NewAPI returns the handler of the Prometheus HTTP API over q, evaluated by
 // Prometheus' PromQL engine with cfg's limits. It serves the full paths
 // under APIPrefix (/api/v1/query, /api/v1/series, ...), unstripped.
+//
+// Every endpoint that parses PromQL refuses, before parsing, a query longer
+// than cfg.MaxLength or nesting deeper than cfg.MaxDepth (400), and the
+// query endpoints refuse, before evaluating, one whose steps and
+// subqueries' steps exceed cfg.MaxPoints (422); see QueryShapeError.
 //
 // When q is a *Queryable, every read of a request shares the request's
 // limits (cfg.MaxSeries, cfg.MaxChunks), a request with
@@ -105,6 +116,11 @@ func NewAPI(cfg Config, q storage.SampleAndChunkQueryable, build BuildInfo, logg
 	}
 
 	featureRegistry := features.NewRegistry()
+	// The API and its engine parse with the same parser, so every endpoint
+	// that reads PromQL (query, query_range, format_query, parse_query,
+	// query_exemplars, match[]) refuses text over --query.max-length and
+	// --query.max-depth before parsing it.
+	promqlParser := &shapeParser{Parser: parser.NewParser(parser.Options{}), maxLength: cfg.MaxLength, maxDepth: cfg.MaxDepth}
 	engine := promql.NewEngine(promql.EngineOpts{
 		Logger:        logger.With("component", "query engine"),
 		Reg:           reg,
@@ -113,14 +129,14 @@ func NewAPI(cfg Config, q storage.SampleAndChunkQueryable, build BuildInfo, logg
 		LookbackDelta: cfg.LookbackDelta,
 		// A subquery without a step uses the evaluation interval, which
 		// Census, having no rules, fixes at Prometheus' default.
-		NoStepSubqueryIntervalFn: func(int64) int64 {
-			return time.Duration(config.DefaultGlobalConfig.EvaluationInterval).Milliseconds()
-		},
+		NoStepSubqueryIntervalFn: func(int64) int64 { return noStepSubqueryInterval },
 		// Always on in Prometheus since v2.33; queries rely on them.
 		EnableAtModifier:     true,
 		EnableNegativeOffset: true,
 		FeatureRegistry:      featureRegistry,
+		Parser:               promqlParser,
 	})
+	queryEngine := &shapeEngine{engine: engine, maxPoints: int64(cfg.MaxPoints), subqueryStep: noStepSubqueryInterval}
 
 	started := time.Now()
 	cwd, _ := os.Getwd() // Informational only, as in Prometheus.
@@ -130,7 +146,7 @@ func NewAPI(cfg Config, q storage.SampleAndChunkQueryable, build BuildInfo, logg
 	}
 	cors := regexp.MustCompile("^(?:.*)$") // Any origin, Prometheus' default.
 	api := v1.NewAPI(
-		engine,
+		queryEngine,
 		q,
 		nil, // No appender: the remote write receiver is the distributor's.
 		exemplars,
@@ -176,7 +192,7 @@ func NewAPI(cfg Config, q storage.SampleAndChunkQueryable, build BuildInfo, logg
 		overrideErrorCode, // 503 for ErrNoIngesters
 		featureRegistry,
 		v1.OpenAPIOptions{Version: build.Version},
-		nil,   // promqlParser: Prometheus' default
+		promqlParser,
 		false, // enableQueryCost
 		cfg.Timeout,
 	)

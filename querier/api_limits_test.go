@@ -3,9 +3,12 @@ package querier_test
 import (
 	"context"
 	"encoding/json"
+	"flag"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strings"
 	"testing"
 	"time"
 
@@ -328,4 +331,170 @@ func histogramCountSum(t testing.TB, reg *prometheus.Registry, name string, kv .
 	}
 	require.True(t, found, "no %s%v", name, kv)
 	return count, sum
+}
+
+// defaultShapeConfig is testConfig with the querier's flag defaults for the
+// limits on a query's shape.
+func defaultShapeConfig(t testing.TB) querier.Config {
+	t.Helper()
+	var defaults querier.Config
+	defaults.RegisterFlags(flag.NewFlagSet("defaults", flag.ContinueOnError))
+	cfg := testConfig
+	cfg.MaxLength, cfg.MaxDepth, cfg.MaxPoints = defaults.MaxLength, defaults.MaxDepth, defaults.MaxPoints
+	return cfg
+}
+
+// Queries whose shape would pin a core, overflow the stack or exhaust the
+// memory are refused, with the flag of their limit, before they are parsed
+// (length, depth) or evaluated (points), at the defaults; queries of the
+// same kinds within the limits are answered.
+func TestAPI_QueryShapeLimits(t *testing.T) {
+	data := testData()
+	c := newCluster(t, 3, dbWith(t, data), dbWith(t, data), dbWith(t, data))
+	h, _ := newAPIWithConfig(t, defaultShapeConfig(t), c.queryable)
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+
+	instant := func(q string) url.Values { return url.Values{"query": {q}, "time": {"3600"}} }
+	const (
+		pointsError = "more than the limit set by --query.max-points=10000000"
+		lengthError = "more than the limit set by --query.max-length=262144"
+		depthError  = "more than the limit set by --query.max-depth=200"
+	)
+	for _, tc := range []struct {
+		name      string
+		path      string
+		params    url.Values
+		wantCode  int
+		wantType  string
+		wantError string
+	}{
+		{
+			// 3*10^10 steps: the engine's step statistics alone would take
+			// 480 GB.
+			name: "a year at 1ms", path: "/api/v1/query", params: instant(`max_over_time(vector(1)[1y:1ms])`),
+			wantCode: http.StatusUnprocessableEntity, wantType: "execution",
+			wantError: "the query would evaluate 31536000001 points",
+		},
+		{
+			name: "a day at 1s", path: "/api/v1/query", params: instant(`max_over_time(http_requests_total[1d:1s])`),
+			wantCode: http.StatusOK,
+		},
+		{
+			name: "30 days at 1m", path: "/api/v1/query", params: instant(`max_over_time(http_requests_total[30d:1m])`),
+			wantCode: http.StatusOK,
+		},
+		{
+			// 43,200 outer steps, each reading 86,400 inner points.
+			name: "nested subqueries, only too large multiplied", path: "/api/v1/query",
+			params:   instant(`max_over_time(max_over_time(http_requests_total[1d:1s])[30d:1m])`),
+			wantCode: http.StatusUnprocessableEntity, wantType: "execution", wantError: pointsError,
+		},
+		{
+			name: "nested subqueries", path: "/api/v1/query",
+			params:   instant(`max_over_time(max_over_time(rate(http_requests_total[5m])[1h:1m])[1d:5m])`),
+			wantCode: http.StatusOK,
+		},
+		{
+			// 10,001 steps, each reading 3,600 points.
+			name: "range query times subquery steps", path: "/api/v1/query_range",
+			params:   url.Values{"query": {`max_over_time(rate(http_requests_total[5m])[1h:1s])`}, "start": {"0"}, "end": {"10000"}, "step": {"1"}},
+			wantCode: http.StatusUnprocessableEntity, wantType: "execution", wantError: pointsError,
+		},
+		{
+			name: "range query with a subquery", path: "/api/v1/query_range",
+			params:   url.Values{"query": {`sum(max_over_time(rate(http_requests_total[5m])[30m:1m]))`}, "start": {"0"}, "end": {"3600"}, "step": {"15"}},
+			wantCode: http.StatusOK,
+		},
+		{
+			// 1,001 steps an hour apart each read 1,000 points, but the
+			// engine evaluates the subquery across the whole 1,000 hours.
+			name: "subquery across a sparse range query", path: "/api/v1/query_range",
+			params:   url.Values{"query": {`max_over_time(http_requests_total[1s:1ms])`}, "start": {"0"}, "end": {"3600000"}, "step": {"3600"}},
+			wantCode: http.StatusUnprocessableEntity, wantType: "execution", wantError: "the query would evaluate 3600002001 points",
+		},
+		{
+			name: "200,000 selectors joined by or", path: "/api/v1/query",
+			params:   instant(strings.Repeat("up or ", 199_999) + "up"),
+			wantCode: http.StatusBadRequest, wantType: "bad_data", wantError: "the query is 1199996 bytes long, " + lengthError,
+		},
+		{
+			name: "1,000 selectors joined by or", path: "/api/v1/query",
+			params:   instant(strings.Repeat("up or ", 999) + "up"),
+			wantCode: http.StatusBadRequest, wantType: "bad_data", wantError: "the query nests 1000 levels deep",
+		},
+		{
+			name: "100 selectors joined by or", path: "/api/v1/query",
+			params:   instant(strings.Repeat(`http_requests_total{job="api"} or `, 99) + "up"),
+			wantCode: http.StatusOK,
+		},
+		{
+			name: "10^5 nested parentheses", path: "/api/v1/query",
+			params:   instant(strings.Repeat("(", 100_000) + "up" + strings.Repeat(")", 100_000)),
+			wantCode: http.StatusBadRequest, wantType: "bad_data", wantError: "the query nests 100001 levels deep",
+		},
+		{
+			name: "deep parentheses in a range query", path: "/api/v1/query_range",
+			params:   url.Values{"query": {strings.Repeat("(", 201) + "up" + strings.Repeat(")", 201)}, "start": {"0"}, "end": {"3600"}, "step": {"15"}},
+			wantCode: http.StatusBadRequest, wantType: "bad_data", wantError: depthError,
+		},
+		{
+			name: "deep parentheses to format", path: "/api/v1/format_query",
+			params:   url.Values{"query": {strings.Repeat("(", 100_000) + "up" + strings.Repeat(")", 100_000)}},
+			wantCode: http.StatusBadRequest, wantType: "bad_data", wantError: depthError,
+		},
+		{
+			name: "a long selector", path: "/api/v1/series",
+			params:   url.Values{"match[]": {`{job=~"` + strings.Repeat("x|", 150_000) + `api"}`}},
+			wantCode: http.StatusBadRequest, wantType: "bad_data", wantError: lengthError,
+		},
+		{
+			// What a Grafana variable set to "All" over 5,000 instances
+			// makes.
+			name: "a long regular expression", path: "/api/v1/query",
+			params:   instant(`sum(rate(http_requests_total{instance=~"` + strings.Repeat("10.0.123.234:9100|", 5000) + `10.0.0.1:80"}[5m]))`),
+			wantCode: http.StatusOK,
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			start := time.Now()
+			resp, err := http.PostForm(srv.URL+tc.path, tc.params)
+			require.NoError(t, err)
+			body, err := io.ReadAll(resp.Body)
+			require.NoError(t, err)
+			require.NoError(t, resp.Body.Close())
+			// Without the limits these queries take minutes or kill the
+			// process; refused, they take milliseconds. The bound is loose
+			// for slow, shared machines.
+			require.Less(t, time.Since(start), 10*time.Second)
+			require.Equal(t, tc.wantCode, resp.StatusCode, "body: %.1000s", body)
+			got := decode(t, body)
+			if tc.wantCode == http.StatusOK {
+				require.Equal(t, "success", got.Status)
+				return
+			}
+			require.Equal(t, "error", got.Status)
+			require.Equal(t, tc.wantType, got.ErrorType)
+			require.Contains(t, got.Error, tc.wantError)
+		})
+	}
+}
+
+// A query's evaluation runs under its request's deadline: one that keeps
+// the engine busy (here within every limit but the time) ends at
+// --query.timeout.
+func TestAPI_TimeoutEndsEvaluation(t *testing.T) {
+	data := testData()
+	c := newCluster(t, 3, dbWith(t, data), dbWith(t, data), dbWith(t, data))
+	cfg := testConfig
+	cfg.Timeout = 200 * time.Millisecond
+	h, _ := newAPIWithConfig(t, cfg, c.queryable)
+
+	start := time.Now()
+	code, body := call(t, h, http.MethodGet, "/api/v1/query", url.Values{"query": {`count_over_time(max_over_time(http_requests_total[5m])[30d:1s])`}, "time": {"3600"}})
+	require.Equal(t, http.StatusServiceUnavailable, code, "body: %s", body)
+	resp := decode(t, body)
+	require.Equal(t, "timeout", resp.ErrorType)
+	require.Contains(t, resp.Error, "query timed out")
+	require.Less(t, time.Since(start), 10*time.Second)
 }
