@@ -160,16 +160,20 @@ func TestAppender_ShardsEverySeriesToItsReplicas(t *testing.T) {
 	}
 	require.NoError(t, app.Commit())
 
-	for i, ls := range series {
-		owners := replicaIndexes(ls, n, rf)
-		for j, f := range fakes {
-			if slicesContains(owners, j) {
-				require.Equal(t, []float64{float64(i), float64(i) + 0.5}, f.values(ls), "series %s on owner %d", ls, j)
-			} else {
-				require.Empty(t, f.values(ls), "series %s on non-owner %d", ls, j)
+	// The commit answers once a quorum of each series' replicas stored
+	// it; the last replica may store it a moment later.
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		for i, ls := range series {
+			owners := replicaIndexes(ls, n, rf)
+			for j, f := range fakes {
+				if slicesContains(owners, j) {
+					assert.Equal(c, []float64{float64(i), float64(i) + 0.5}, f.values(ls), "series %s on owner %d", ls, j)
+				} else {
+					assert.Empty(c, f.values(ls), "series %s on non-owner %d", ls, j)
+				}
 			}
 		}
-	}
+	}, 10*time.Second, 5*time.Millisecond)
 	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(`
 # HELP census_distributor_received_samples_total Samples appended to the distributor, before replication.
 # TYPE census_distributor_received_samples_total counter
@@ -243,7 +247,10 @@ func TestAppender_Quorum(t *testing.T) {
 
 func TestAppender_InvalidArgumentCountsAsAcknowledged(t *testing.T) {
 	d, fakes, _ := cluster(t, 3, 3)
-	fakes[0].setErr(status.Error(codes.InvalidArgument, "out of order sample"))
+	// Every replica refuses the same input, as ingesters do.
+	for _, f := range fakes {
+		f.setErr(status.Error(codes.InvalidArgument, "out of order sample"))
+	}
 	app := d.AppenderV2(context.Background())
 	_, err := app.Append(0, labels.FromStrings("__name__", "x"), 0, 1000, 1, nil, nil, storage.AOptions{})
 	require.NoError(t, err)
