@@ -481,13 +481,13 @@ func TestAPI_QueryShapeLimits(t *testing.T) {
 }
 
 // A query's evaluation runs under its request's deadline: one that keeps
-// the engine busy (here within every limit but the time) ends at
-// --query.timeout.
+// the engine busy (2.6 million steps, most of a second, within every limit
+// but the time) ends at --query.timeout.
 func TestAPI_TimeoutEndsEvaluation(t *testing.T) {
 	data := testData()
 	c := newCluster(t, 3, dbWith(t, data), dbWith(t, data), dbWith(t, data))
 	cfg := testConfig
-	cfg.Timeout = 200 * time.Millisecond
+	cfg.Timeout = 50 * time.Millisecond
 	h, _ := newAPIWithConfig(t, cfg, c.queryable)
 
 	start := time.Now()
@@ -497,4 +497,36 @@ func TestAPI_TimeoutEndsEvaluation(t *testing.T) {
 	require.Equal(t, "timeout", resp.ErrorType)
 	require.Contains(t, resp.Error, "query timed out")
 	require.Less(t, time.Since(start), 10*time.Second)
+}
+
+// A client that goes away ends its query's evaluation, not only its reads
+// from the ingesters: the API answers the gone client 499, Prometheus'
+// code of a canceled query.
+func TestAPI_ClientDisconnectEndsEvaluation(t *testing.T) {
+	data := testData()
+	c := newCluster(t, 3, dbWith(t, data), dbWith(t, data), dbWith(t, data))
+	h, _ := newAPIWithConfig(t, testConfig, c.queryable)
+	served := make(chan int, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, r)
+		served <- rec.Code
+	}))
+	t.Cleanup(srv.Close)
+
+	// The client leaves after 50ms of an evaluation that takes most of a
+	// second (2.6 million steps), within every limit but the time.
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	q := url.Values{"query": {`count_over_time(max_over_time(http_requests_total[5m])[30d:1s])`}, "time": {"3600"}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/api/v1/query?"+q.Encode(), nil)
+	require.NoError(t, err)
+	_, err = http.DefaultClient.Do(req) //nolint:bodyclose // There is no response.
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	select {
+	case code := <-served:
+		require.Equal(t, 499, code, "the evaluation was canceled, not finished")
+	case <-time.After(30 * time.Second):
+		t.Fatal("the evaluation went on after the client left")
+	}
 }
