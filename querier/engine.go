@@ -20,7 +20,7 @@ const (
 	maxPointsFlag = "--query.max-points"
 )
 
-// QueryShapeError is a query refused before it is evaluated, because its
+// QueryShapeError is the error of a query refused before it is evaluated: its
 // text, its nesting or the points its evaluation would create exceed a
 // limit. Too long or too deeply nested text is bad input, which the HTTP API
 // answers with 400 "bad_data", as it answers a query that does not parse;
