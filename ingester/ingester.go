@@ -220,6 +220,12 @@ func (i *Ingester) Ready() error {
 	if i.stopping.Load() {
 		return errStopping
 	}
+	// Serving, Ready takes no lock: once Run has set stopping it waits for
+	// mtx, and a read lock taken behind it would wait for every in-flight
+	// request, one of which may be waiting for this caller.
+	if i.openDB.Load() != nil {
+		return nil
+	}
 	i.mtx.RLock()
 	defer i.mtx.RUnlock()
 	return i.notServingLocked()
