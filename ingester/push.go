@@ -187,6 +187,10 @@ func (i *Ingester) putPushState(st *pushState) {
 	clear(st.latest)
 	st.appended, st.resent = 0, 0
 	st.rej = pushError{}
+	if cap(st.refused) > maxPooledRefusals {
+		// A rare push that refused much should not pin its memory.
+		st.refused, st.refusedSeries, st.refusedByHash, st.refusedStored, st.refusedOrder = nil, nil, nil, nil, nil
+	}
 	clear(st.refused)
 	st.refused = st.refused[:0]
 	clear(st.refusedSeries)

@@ -427,3 +427,60 @@ func gaugeValue(t testing.TB, reg prometheus.Gatherer, name string) float64 {
 	t.Fatalf("no metric %s", name)
 	return 0
 }
+
+// BenchmarkIngester_PushResend pushes over gRPC requests of 1,000 series
+// with 5 samples each. "resend" repeats a request the ingester stored
+// before newer samples of the same series: the time rules refuse every
+// sample, and each is looked up and found stored (resend.go), the worst
+// case of a sender's retry. "new" pushes the same request with new
+// timestamps, for comparison. ns/sample is per sample of the requests.
+func BenchmarkIngester_PushResend(b *testing.B) {
+	const samplesPerSeries = 5
+	ti := startIngester(b, b.TempDir())
+	ctx := context.Background()
+	req := &censuspb.PushRequest{}
+	for i := range benchSeriesPerRequest {
+		ts := &censuspb.TimeSeries{Labels: pairs(benchLabels(i)...)}
+		for n := range samplesPerSeries {
+			ts.Samples = append(ts.Samples, &censuspb.Sample{TimestampMs: int64(n) * benchInterval, Value: float64(i + n)})
+		}
+		req.Series = append(req.Series, ts)
+	}
+	// setTime moves every sample of req to start at t0.
+	setTime := func(t0 int64) {
+		for _, ts := range req.GetSeries() {
+			for n, s := range ts.GetSamples() {
+				s.TimestampMs = t0 + int64(n)*benchInterval
+			}
+		}
+	}
+	_, err := ti.client.Push(ctx, req)
+	require.NoError(b, err)
+	setTime(samplesPerSeries * benchInterval)
+	_, err = ti.client.Push(ctx, req)
+	require.NoError(b, err)
+	next := int64(2 * samplesPerSeries * benchInterval)
+
+	for _, resend := range []bool{true, false} {
+		name := "new"
+		if resend {
+			name = "resend"
+		}
+		b.Run(name, func(b *testing.B) {
+			if resend {
+				setTime(0)
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				if !resend {
+					setTime(next)
+					next += samplesPerSeries * benchInterval
+				}
+				if _, err := ti.client.Push(ctx, req); err != nil {
+					b.Fatalf("push: %v", err)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*benchSeriesPerRequest*samplesPerSeries), "ns/sample")
+		})
+	}
+}

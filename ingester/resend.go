@@ -29,6 +29,9 @@ import (
 // samples pay: one querier per push, opened on the first refusal's lookup,
 // and one Select per series over its refused samples' time range.
 
+// maxPooledRefusals bounds the refusals a pooled pushState keeps room for.
+const maxPooledRefusals = 4096
+
 // refusal is one sample of a push that a time rule refused, kept until the
 // push is committed.
 type refusal struct {
