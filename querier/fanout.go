@@ -77,6 +77,17 @@ func (e *IngesterErrors) Unwrap() []error {
 // stopped heartbeating: it is not asked, and its replicas count as missing.
 var errUnhealthy = errors.New("unhealthy in the ring: no recent heartbeat, not asked")
 
+// errHedged is the failure of an ingester that had not answered a read by
+// the hedge delay after the others held a read quorum of every series: it
+// is not waited for, and its replicas count as missing.
+var errHedged = errors.New("no answer within the hedge delay after the other replicas answered; not waited for")
+
+// DefaultHedgeDelay is --query.hedge-delay's default: far above the first
+// answer of a healthy ingester (milliseconds), far below the seconds a
+// hung one would cost every query until the ring or the connection's
+// keepalive gives it up.
+const DefaultHedgeDelay = 2 * time.Second
+
 // failures collects the ingesters that failed during one read and decides
 // whether the replicas on the others still make the answer complete.
 //
@@ -160,6 +171,19 @@ func (f *failures) err() error {
 func (f *failures) timedOut() bool {
 	deadline, ok := f.ctx.Deadline()
 	return errors.Is(f.ctx.Err(), context.DeadlineExceeded) || (ok && !time.Now().Before(deadline))
+}
+
+// toleratesAlso reports whether the replicas on the ingesters that did not
+// fail would still hold every series if the ingesters of more failed too.
+func (f *failures) toleratesAlso(more []ring.InstanceDesc) bool {
+	f.mtx.Lock()
+	defer f.mtx.Unlock()
+	n := len(f.failed)
+	defer func() { f.failed = f.failed[:n] }()
+	for _, inst := range more {
+		f.failed = append(f.failed, &IngesterError{Instance: inst, Err: errHedged})
+	}
+	return f.toleratedLocked()
 }
 
 // toleratedLocked reports whether the replicas on the ingesters that did

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/prometheus/model/labels"
@@ -52,6 +53,11 @@ type Queryable struct {
 	clients *censuspb.ClientPool
 	logger  *slog.Logger
 	metrics *metrics
+
+	// HedgeDelay is how long a read waits for the last ingesters once the
+	// others hold a read quorum of every series (see streams.live); 0
+	// waits for every ingester. Set it before the first read.
+	HedgeDelay time.Duration
 }
 
 var (
@@ -65,7 +71,7 @@ func NewQueryable(r Ring, clients *censuspb.ClientPool, logger *slog.Logger, reg
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Queryable{ring: r, clients: clients, logger: logger, metrics: newMetrics(reg)}
+	return &Queryable{ring: r, clients: clients, logger: logger, metrics: newMetrics(reg), HedgeDelay: DefaultHedgeDelay}
 }
 
 // ErrNoIngesters is why a querier is not ready: its ring holds no ACTIVE
@@ -130,6 +136,15 @@ type streams struct {
 	opened sync.WaitGroup
 	all    []*ingesterStream // Indexed like the instances; complete once opened is done.
 
+	// Hedging: openedc gets each stream's index once it opened, and
+	// cancels[i] ends stream i with errHedged. hedgeOnce makes live hedge
+	// once, whoever calls it first.
+	instances  []ring.InstanceDesc
+	hedgeDelay time.Duration
+	openedc    chan int
+	cancels    []context.CancelCauseFunc
+	hedgeOnce  sync.Once
+
 	stopMtx sync.Mutex // Guards stopErr.
 	stopErr error      // Why the query stopped the streams itself.
 }
@@ -168,6 +183,11 @@ func (r *reader) open(ctx context.Context, hints *storage.SelectHints, matchers 
 		req:    rq,
 		cancel: cancel,
 		all:    make([]*ingesterStream, len(instances)),
+
+		instances:  instances,
+		hedgeDelay: r.q.HedgeDelay,
+		openedc:    make(chan int, len(instances)),
+		cancels:    make([]context.CancelCauseFunc, len(instances)),
 	}
 	if st.req != nil {
 		st.req.selects.Add(1)
@@ -175,17 +195,24 @@ func (r *reader) open(ctx context.Context, hints *storage.SelectHints, matchers 
 	st.opened.Add(len(instances))
 	r.opening.Add(len(instances))
 	for i, inst := range instances {
+		var sctx context.Context
+		sctx, st.cancels[i] = context.WithCancelCause(streamCtx)
 		go func() {
 			defer r.opening.Done()
 			defer st.opened.Done()
-			st.all[i] = r.q.openStream(streamCtx, inst, req, st)
+			st.all[i] = r.q.openStream(sctx, inst, req, st)
+			st.openedc <- i
 		}()
 	}
 	return st, nil
 }
 
-// live waits for every stream to open and returns those that did.
+// live waits for every stream to open and returns those that did. Once
+// the streams open so far hold a read quorum of every series, it waits
+// only the hedge delay for the others, then ends them with errHedged: a
+// hung ingester does not hold a query whose answer is complete without it.
 func (st *streams) live() []*ingesterStream {
+	st.hedgeOnce.Do(st.hedge)
 	st.opened.Wait()
 	live := make([]*ingesterStream, 0, len(st.all))
 	for _, s := range st.all {
@@ -194,6 +221,42 @@ func (st *streams) live() []*ingesterStream {
 		}
 	}
 	return live
+}
+
+// hedge waits until every stream opened, or until the hedge delay after
+// the opened ones came to hold a read quorum of every series; then it ends
+// the streams still opening with errHedged, which count as failed
+// ingesters the replicas cover.
+func (st *streams) hedge() {
+	pending := make(map[int]bool, len(st.instances))
+	for i := range st.instances {
+		pending[i] = true
+	}
+	var hedged <-chan time.Time
+	for len(pending) > 0 {
+		select {
+		case i := <-st.openedc:
+			delete(pending, i)
+			if hedged == nil && st.hedgeDelay > 0 && len(pending) > 0 && st.fails.toleratesAlso(st.pendingInstances(pending)) {
+				t := time.NewTimer(st.hedgeDelay)
+				defer t.Stop()
+				hedged = t.C
+			}
+		case <-hedged:
+			for i := range pending {
+				st.cancels[i](errHedged)
+			}
+			return
+		}
+	}
+}
+
+func (st *streams) pendingInstances(pending map[int]bool) []ring.InstanceDesc {
+	out := make([]ring.InstanceDesc, 0, len(pending))
+	for i := range pending {
+		out = append(out, st.instances[i])
+	}
+	return out
 }
 
 // stop ends every stream of the Select because the query cannot go on

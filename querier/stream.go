@@ -110,8 +110,12 @@ func (s *ingesterStream) finish(err error) {
 		// The query stopped these streams itself (a breached limit).
 		return
 	}
-	// A canceled stream is the caller's doing, not the ingester's.
-	if s.ctx.Err() == nil {
+	if cause := context.Cause(s.ctx); errors.Is(cause, errHedged) {
+		err = cause
+	}
+	// A canceled stream is the caller's doing, not the ingester's; a
+	// hedged one is the ingester's.
+	if s.ctx.Err() == nil || errors.Is(err, errHedged) {
 		s.metrics.requestErrors.WithLabelValues(opQueryStream).Inc()
 	}
 	s.logger.Debug("Ingester request failed", "operation", opQueryStream, "ingester", s.inst.ID, "addr", s.inst.Addr, "err", err)

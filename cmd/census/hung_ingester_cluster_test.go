@@ -2,7 +2,9 @@ package main
 
 import (
 	"fmt"
+	"net/url"
 	"slices"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -15,9 +17,9 @@ import (
 // TestCluster_HungIngesterDoesNotHoldPushes stops one of three ingesters
 // (RF 3) with SIGSTOP, alive but not answering, under remote write: every
 // push is still acknowledged, without waiting for the hung replica (the
-// push timeout is two minutes, the client's ten seconds), and once the
-// ingester wakes up it gets what it missed from the pushes still in
-// flight.
+// push timeout is two minutes, the client's ten seconds); a query answers
+// completely after the hedge delay, without it; and once the ingester
+// wakes up it gets what it missed from the pushes still in flight.
 func TestCluster_HungIngesterDoesNotHoldPushes(t *testing.T) {
 	if testing.Short() {
 		t.Skip("multi-process test")
@@ -28,7 +30,8 @@ func TestCluster_HungIngesterDoesNotHoldPushes(t *testing.T) {
 		ingesters = append(ingesters, startRole(t, "ingester", roleConfig{id: fmt.Sprintf("ingester-%d", i), join: first, rf: 3}))
 	}
 	dist := startRole(t, "distributor", roleConfig{id: "distributor", join: first, rf: 3, flags: []string{"--distributor.push-timeout=2m"}})
-	for _, p := range append(slices.Clone(ingesters), dist) {
+	q := startRole(t, "querier", roleConfig{id: "querier", join: first, rf: 3, flags: []string{"--query.hedge-delay=500ms", "--query.timeout=2m"}})
+	for _, p := range append(slices.Clone(ingesters), dist, q) {
 		p.waitReady(30 * time.Second)
 	}
 	require.Eventually(t, func() bool {
@@ -80,6 +83,16 @@ func TestCluster_HungIngesterDoesNotHoldPushes(t *testing.T) {
 		hung = append(hung, push())
 	}
 	t.Logf("push latency, median of %d pushes of %d series: %s with every ingester answering, %s with one hung", pushes, series, median(quiet), median(hung))
+
+	// A query answers from the two replicas that answer, all of it, and
+	// names the one it did not wait for.
+	began := time.Now()
+	resp, err := q.api("/api/v1/query", url.Values{"query": {`count({job="hung"})`}, "time": {strconv.FormatInt(ts/1000, 10)}})
+	require.NoError(t, err)
+	t.Logf("query latency with one ingester hung: %s (--query.hedge-delay=500ms)", time.Since(began))
+	require.JSONEq(t, fmt.Sprintf(`{"resultType":"vector","result":[{"metric":{},"value":[%d,"%d"]}]}`, ts/1000, series), string(resp.Data))
+	require.Len(t, resp.Warnings, 1)
+	require.Contains(t, resp.Warnings[0], "ingester-2")
 	require.NoError(t, hungIngester.cmd.Process.Signal(syscall.SIGCONT))
 	resumed = true
 

@@ -336,6 +336,7 @@ func start(o *options, logger *slog.Logger) error {
 	// Querier: the Prometheus HTTP API over every ingester.
 	if o.role.querier {
 		q := querier.NewQueryable(r, clients, logger.With("component", "querier"), reg)
+		q.HedgeDelay = o.querier.HedgeDelay
 		// Not ready until an ingester is ACTIVE: an empty answer would
 		// read as "no data" rather than "no ingesters".
 		ready.add("querier", q.Ready)

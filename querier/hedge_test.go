@@ -1,0 +1,46 @@
+package querier_test
+
+import (
+	"net/http"
+	"net/url"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// TestAPI_HedgesAHungIngester: with one of three replicas (RF 3) not
+// answering, a query answers completely once the other two did and the
+// hedge delay passed, warns which ingester was not waited for, and ends
+// the hung stream; without hedging it waits until its timeout.
+func TestAPI_HedgesAHungIngester(t *testing.T) {
+	query := url.Values{"query": {`http_requests_total`}, "time": {"1800"}}
+	all := newCluster(t, 3, dbWith(t, testData()), dbWith(t, testData()), dbWith(t, testData()))
+	_, want := call(t, newAPI(t, all.queryable), http.MethodGet, "/api/v1/query", query)
+	wantResult := decode(t, want).Data
+
+	c := newCluster(t, 3, dbWith(t, testData()), dbWith(t, testData()), dbWith(t, testData()))
+	c.ingesters[2].holdBeforeSending.Store(true)
+	c.queryable.HedgeDelay = 50 * time.Millisecond
+	cfg := testConfig
+	cfg.Timeout = time.Minute
+	h, _ := newAPIWithConfig(t, cfg, c.queryable)
+	code, body := call(t, h, http.MethodGet, "/api/v1/query", query)
+	require.Equal(t, http.StatusOK, code, "body: %s", body)
+	got := decode(t, body)
+	require.Equal(t, wantResult, got.Data, "the two replicas hold every series")
+	require.Len(t, got.Warnings, 1)
+	require.Contains(t, got.Warnings[0], "answered from replicas: ingester ingester-2")
+	require.Contains(t, got.Warnings[0], "no answer within the hedge delay")
+	require.Eventually(t, func() bool {
+		return c.ingesters[2].canceledStreams.Load() == 1 && c.ingesters[2].openStreams.Load() == 0
+	}, 10*time.Second, 10*time.Millisecond, "the hung ingester's stream ended")
+
+	// Without hedging the query waits for the hung ingester.
+	c.queryable.HedgeDelay = 0
+	cfg.Timeout = 300 * time.Millisecond
+	h, _ = newAPIWithConfig(t, cfg, c.queryable)
+	code, body = call(t, h, http.MethodGet, "/api/v1/query", query)
+	require.Equal(t, http.StatusServiceUnavailable, code, "body: %s", body)
+	require.Equal(t, "timeout", decode(t, body).ErrorType)
+}
