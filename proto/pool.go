@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 )
@@ -51,7 +53,14 @@ type poolEntry struct {
 	// stale is set by a Retain that did not keep the address; the next
 	// one closes the connection if it does not keep it either.
 	stale bool
+	// lastReset is when a use last cut the connection's reconnect backoff
+	// short (unix nanoseconds).
+	lastReset atomic.Int64
 }
+
+// backoffResetInterval bounds how often uses of a failed connection make it
+// reconnect at once.
+const backoffResetInterval = time.Second
 
 // NewClientPool returns a pool whose connections use opts after Census'
 // defaults (plaintext, MaxMessageSize, keepalive).
@@ -92,6 +101,7 @@ func (p *ClientPool) entry(addr string) (*poolEntry, error) {
 	e, ok := p.conns[addr]
 	p.mtx.RUnlock()
 	if ok {
+		e.resetBackoff()
 		return e, nil
 	}
 	p.mtx.Lock()
@@ -107,6 +117,23 @@ func (p *ClientPool) entry(addr string) (*poolEntry, error) {
 	e = &poolEntry{conn: c, client: NewIngesterClient(c)}
 	p.conns[addr] = e
 	return e, nil
+}
+
+// resetBackoff makes a connection that failed reconnect now rather than
+// after its backoff, at most once per backoffResetInterval. Callers use an
+// address because the ring lists its ingester as healthy: one that was
+// restarted is ready long before gRPC's backoff (up to two minutes) would
+// try it again, and would get no traffic meanwhile.
+func (e *poolEntry) resetBackoff() {
+	if e.conn.GetState() != connectivity.TransientFailure {
+		return
+	}
+	now := time.Now().UnixNano()
+	last := e.lastReset.Load()
+	if now-last < int64(backoffResetInterval) || !e.lastReset.CompareAndSwap(last, now) {
+		return
+	}
+	e.conn.ResetConnectBackoff()
 }
 
 // Retain closes the connections of the addresses keep refuses twice in a

@@ -1,11 +1,14 @@
 package censuspb
 
 import (
+	"net"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/connectivity"
 )
 
@@ -89,4 +92,37 @@ func BenchmarkClientPool_Get(b *testing.B) {
 			i++
 		}
 	})
+}
+
+// TestClientPool_ReconnectsAtOnce: a use of a connection that failed makes
+// it reconnect now, not after its backoff (here a minute): an ingester that
+// restarts gets traffic as soon as it serves.
+func TestClientPool_ReconnectsAtOnce(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := ln.Addr().String()
+	require.NoError(t, ln.Close())
+
+	pool := NewClientPool(grpc.WithConnectParams(grpc.ConnectParams{
+		Backoff:           backoff.Config{BaseDelay: time.Minute, Multiplier: 1, MaxDelay: time.Minute},
+		MinConnectTimeout: time.Second,
+	}))
+	t.Cleanup(func() { require.NoError(t, pool.Close()) })
+	c, err := pool.Conn(addr)
+	require.NoError(t, err)
+	conn := c.(*grpc.ClientConn)
+	conn.Connect()
+	require.Eventually(t, func() bool { return conn.GetState() == connectivity.TransientFailure }, 10*time.Second, 5*time.Millisecond)
+
+	// The ingester is back on its address.
+	ln, err = net.Listen("tcp", addr)
+	require.NoError(t, err)
+	srv := grpc.NewServer()
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(srv.Stop)
+	require.Eventually(t, func() bool {
+		_, err := pool.Conn(addr)
+		require.NoError(t, err)
+		return conn.GetState() == connectivity.Ready
+	}, 10*time.Second, 10*time.Millisecond, "the connection is ready long before its minute of backoff")
 }
