@@ -60,7 +60,7 @@ func NewReceiver(d *Distributor, logger *slog.Logger, reg prometheus.Registerer)
 	maxBytes := int64(d.cfg.MaxRequestBytes)
 	in := newInflight(d.cfg.MaxInflightPushRequests, d.cfg.MaxInflightPushBytes, reg)
 	return &Receiver{
-		remoteWrite: &pushHandler{next: rw, logger: logger, maxBytes: maxBytes, inflight: in},
+		remoteWrite: &pushHandler{next: newRemoteWriteHandler(rw, d, logger), logger: logger, maxBytes: maxBytes, inflight: in},
 		otlp:        &pushHandler{next: otlp, logger: logger, otlp: true, maxBytes: maxBytes, inflight: in},
 	}
 }

@@ -253,11 +253,18 @@ func TestReceiver_PartlyBadRequestStoresTheGoodSeries(t *testing.T) {
 			{Labels: prompb.FromLabels(good, nil), Samples: []prompb.Sample{{Value: 1, Timestamp: now}}},
 			{Labels: prompb.FromLabels(tooManyLabels, nil), Samples: []prompb.Sample{{Value: 2, Timestamp: now}}},
 			{Labels: prompb.FromLabels(old, nil), Samples: []prompb.Sample{{Value: 3, Timestamp: now - 2*time.Hour.Milliseconds()}}},
+			// Prometheus' own 1.0 receiver drops these three with a 204.
+			{Labels: []prompb.Label{{Name: "job", Value: "api"}}, Samples: []prompb.Sample{{Value: 4, Timestamp: now}}},
+			{Labels: []prompb.Label{{Name: "__name__", Value: "bad\xff"}}, Samples: []prompb.Sample{{Value: 5, Timestamp: now}}},
+			{Labels: []prompb.Label{{Name: "__name__", Value: "twice"}, {Name: "a", Value: "1"}, {Name: "a", Value: "2"}}, Samples: []prompb.Sample{{Value: 6, Timestamp: now}}},
 		}}
 		_, err := writeClient(t, u, remoteapi.WriteV1MessageType).Store(context.Background(), encode(t, req), 0)
 		requireNotRetryable(t, err, "400 Bad Request")
 		require.ErrorContains(t, err, `1 max_label_names_per_series, first: series {__name__="wide", a="1", b="2", c="3", d="4"} has 5 labels`)
 		require.ErrorContains(t, err, `1 sample_too_old, first: sample at`)
+		require.ErrorContains(t, err, `1 missing_metric_name, first: invalid labels: series {job="api"} has no metric name`)
+		require.ErrorContains(t, err, `value of label "__name__" is not valid UTF-8`)
+		require.ErrorContains(t, err, `1 duplicate_label_names, first: invalid labels: label name "a" appears twice`)
 		require.Equal(t, []float64{1}, fakes[0].values(good))
 		require.Len(t, fakes[0].allSeries(), 1)
 	})
