@@ -84,6 +84,7 @@ type pushReport struct {
 	rejected, rejectedFloats, rejectedHistograms, rejectedExemplars int
 	refused                                                         int
 	bodyErr                                                         error // Of reading the request's body.
+	bodyRead                                                        int64 // Bytes of the body read, as sent.
 }
 
 func atoiHeader(h http.Header, key string) int {
@@ -153,6 +154,13 @@ func (h *pushHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, h.tooLargeMessage("body is larger than"), http.StatusRequestEntityTooLarge)
 		return
 	}
+	if !h.otlp && buf.code() < 300 && rep.bodyRead > 0 && rep.floats+rep.histograms+rep.exemplars+rep.rejected == 0 && isRemoteWrite2(r) {
+		// A remote write 1.0 body decodes as an empty 2.0 request: its
+		// fields have other numbers. Prometheus' handler stores nothing
+		// and answers success, and the sender drops the data.
+		http.Error(w, "remote write 2.0 request of "+strconv.FormatInt(rep.bodyRead, 10)+" bytes holds no series: is it a remote write 1.0 body sent with the 2.0 content type?", http.StatusBadRequest)
+		return
+	}
 	if !rep.committed || rep.err == nil {
 		// Stored, or refused by Prometheus' handler before it reached
 		// the distributor (undecodable, or a series remote write 2.0
@@ -205,9 +213,11 @@ func (h *pushHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // when that shows before reading it: a Content-Length over the limit, or
 // a snappy-compressed remote-write body whose header says it decompresses
 // to more. Prometheus' handler would read such a body whole, and allocate
-// the decompressed size the header claims, before looking at it.
+// the decompressed size the header claims, before looking at it. The body
+// reports what is read of it in rep, limited or not.
 func (h *pushHandler) limitBody(r *http.Request, rep *pushReport) string {
 	if h.maxBytes <= 0 {
+		r.Body = &watchedBody{Reader: r.Body, Closer: r.Body, report: rep}
 		return ""
 	}
 	if r.ContentLength > h.maxBytes {
@@ -227,6 +237,13 @@ func (h *pushHandler) limitBody(r *http.Request, rep *pushReport) string {
 	return ""
 }
 
+// isRemoteWrite2 reports whether r says it carries a remote write 2.0
+// request.
+func isRemoteWrite2(r *http.Request) bool {
+	msg, err := remoteapi.ParseProtoMsg(r.Header.Get("Content-Type"))
+	return err == nil && msg == remoteapi.WriteV2MessageType
+}
+
 func (h *pushHandler) tooLargeMessage(what string) string {
 	return fmt.Sprintf("push request %s --distributor.max-request-bytes=%s", what, units.Base2Bytes(h.maxBytes))
 }
@@ -242,6 +259,7 @@ type watchedBody struct {
 
 func (b *watchedBody) Read(p []byte) (int, error) {
 	n, err := b.Reader.Read(p)
+	b.report.bodyRead += int64(n)
 	if err != nil && err != io.EOF && b.report.bodyErr == nil {
 		b.report.bodyErr = err
 	}
