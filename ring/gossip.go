@@ -302,11 +302,7 @@ func (e events) set(n *memberlist.Node, alive bool) {
 	defer e.r.peersMtx.Unlock()
 	if !alive {
 		delete(e.r.peers, n.Name)
-		delete(e.r.peersSince, n.Name)
 		return
-	}
-	if _, ok := e.r.peersSince[n.Name]; !ok {
-		e.r.peersSince[n.Name] = e.r.now()
 	}
 	e.r.peers[n.Name] = memberlist.Node{Name: n.Name, Addr: slices.Clone(n.Addr), Port: n.Port, Meta: slices.Clone(n.Meta), State: memberlist.StateAlive}
 }

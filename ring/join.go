@@ -63,13 +63,16 @@ type joiner struct {
 	rf     int // Config.ReplicationFactor
 	// synced is set once settleJoin ran syncPeers.
 	synced bool
+	// missingSince is when missingPeer first found each entry it is
+	// waiting for missing.
+	missingSince map[string]time.Time
 	// choices caches token choices and keep-or-choose decisions, keyed
 	// by who decides against which ring (see plannedTokens).
 	choices map[joinChoice][]uint32
 }
 
 func newJoiner(cfg Config) *joiner {
-	return &joiner{tokens: cfg.Tokens, rf: cfg.ReplicationFactor, choices: map[joinChoice][]uint32{}}
+	return &joiner{tokens: cfg.Tokens, rf: cfg.ReplicationFactor, missingSince: map[string]time.Time{}, choices: map[joinChoice][]uint32{}}
 }
 
 // reusableTokens returns the tokens this ingester had before, with the
@@ -180,37 +183,50 @@ func (j *joiner) plan(s *snapshot, self InstanceDesc, minHB int64, alive map[str
 	return j.plannedTokens(self, j.tokens, base), olderUnsettled
 }
 
-// missingPeer returns an ingester that memberlist lists as alive (alive,
-// and since when in since), that self balances against, and whose entry
-// is not in s yet; or false when there is none. A member whose entry has
-// not arrived within wait of memberlist listing it is not waited for any
-// more: an ingester that heartbeats has an entry everywhere long before,
-// so it is one that hangs and was forgotten.
-func missingPeer(s *snapshot, self InstanceDesc, alive map[string]memberMeta, since map[string]time.Time, now time.Time, wait time.Duration) (string, bool) {
+// missingPeer returns an ingester that memberlist lists as alive (alive),
+// that self balances against, and whose entry is not in s, or only as a
+// tombstone: a member that missed its heartbeats for AutoForgetAfter
+// (under load) may have buried it, and it registers again; or false when
+// there is none. An entry missing for wait in a row (j.missingSince) is
+// not waited for any more: an ingester that heartbeats registers again
+// long before, so it is one that hangs and was forgotten.
+func (j *joiner) missingPeer(s *snapshot, self InstanceDesc, alive map[string]memberMeta, now time.Time, wait time.Duration) (string, bool) {
+	var missing []string
 	for _, id := range slices.Sorted(maps.Keys(alive)) {
 		if id == self.ID || !sharesBalance(alive[id].Zone, self.Zone) {
 			continue
 		}
-		if _, ok := s.index(id); ok {
+		if i, ok := s.index(id); ok && s.instances[i].State != LEFT {
 			continue
 		}
-		if t, ok := since[id]; ok && now.Sub(t) >= wait {
-			continue
+		missing = append(missing, id)
+	}
+	maps.DeleteFunc(j.missingSince, func(id string, _ time.Time) bool { return !slices.Contains(missing, id) })
+	for _, id := range missing {
+		since, ok := j.missingSince[id]
+		if !ok {
+			j.missingSince[id], since = now, now
 		}
-		return id, true
+		if now.Sub(since) < wait {
+			return id, true
+		}
 	}
 	return "", false
 }
 
-// peerEntryWait is how long a JOINING ingester waits for the entry of a
-// member memberlist lists (see missingPeer): AutoForgetAfter, after which
-// every member drops an entry that stopped heartbeating, or else
-// HeartbeatTimeout.
+// peerEntryWait is how long a JOINING ingester waits for the missing entry
+// of a member memberlist lists (see missingPeer): twice AutoForgetAfter (or
+// twice HeartbeatTimeout when auto-forget is off). It is the one wait with
+// a time in the join, and it is there for liveness only: an ingester whose
+// ring goroutine hangs while its memberlist still answers would otherwise
+// keep every joiner of its zone from going ACTIVE. A live ingester that
+// others forgot because its heartbeats reached them late re-registers with
+// its next heartbeat, far sooner.
 func (r *Ring) peerEntryWait() time.Duration {
 	if r.cfg.AutoForgetAfter > 0 {
-		return r.cfg.AutoForgetAfter
+		return 2 * r.cfg.AutoForgetAfter
 	}
-	return r.cfg.HeartbeatTimeout
+	return 2 * r.cfg.HeartbeatTimeout
 }
 
 // sharesBalance reports whether instances of zones a and b balance against
@@ -307,13 +323,13 @@ func (r *Ring) settleJoin() (joining bool, err error) {
 	if self.State != JOINING {
 		return false, nil // SetLeaving came first
 	}
-	alive, since := r.ingesterPeers()
+	alive := r.ingesterPeers()
 	tokens, olderUnsettled := r.joins.plan(s, self, r.minJoinerHeartbeat(), alive)
 	if slices.Equal(tokens, self.Tokens) {
 		if olderUnsettled {
 			return true, nil
 		}
-		if _, missing := missingPeer(s, self, alive, since, r.now(), r.peerEntryWait()); missing {
+		if _, missing := r.joins.missingPeer(s, self, alive, r.now(), r.peerEntryWait()); missing {
 			return true, nil
 		}
 		if !r.joins.synced {
@@ -352,24 +368,15 @@ func (r *Ring) settleJoin() (joining bool, err error) {
 }
 
 // ingesterPeers returns the other ingesters memberlist lists as alive, by
-// instance ID, and since when it has listed each (see missingPeer). When
-// two incarnations of an instance are listed, the earlier time counts.
-func (r *Ring) ingesterPeers() (map[string]memberMeta, map[string]time.Time) {
-	r.peersMtx.Lock()
-	defer r.peersMtx.Unlock()
+// instance ID.
+func (r *Ring) ingesterPeers() map[string]memberMeta {
 	alive := map[string]memberMeta{}
-	since := map[string]time.Time{}
-	for name, n := range r.peers {
-		m, ok := decodeMemberMeta(n.Meta)
-		if !ok {
-			continue
-		}
-		alive[m.ID] = m
-		if t, ok := since[m.ID]; !ok || r.peersSince[name].Before(t) {
-			since[m.ID] = r.peersSince[name]
+	for _, n := range r.alivePeers() {
+		if m, ok := decodeMemberMeta(n.Meta); ok {
+			alive[m.ID] = m
 		}
 	}
-	return alive, since
+	return alive
 }
 
 // syncPeers push/pulls the full state, ring and memberlist's members, with

@@ -78,9 +78,8 @@ type Ring struct {
 	// snap is rebuilt from desc on every change and read without locks.
 	snap atomic.Pointer[snapshot]
 
-	peersMtx   sync.Mutex                 // guards peers and peersSince
-	peers      map[string]memberlist.Node // alive members but this one, by name; see events
-	peersSince map[string]time.Time       // when each of peers was first listed alive
+	peersMtx sync.Mutex                 // guards peers
+	peers    map[string]memberlist.Node // alive members but this one, by name; see events
 
 	reliableMtx     sync.Mutex        // guards reliablePending
 	reliablePending map[string][]byte // latest oversized delta per instance
@@ -197,7 +196,6 @@ func newRing(cfg Config, id, instanceAddr string, logger *slog.Logger, reg prome
 		reliablec:        make(chan struct{}, 1),
 		syncc:            make(chan struct{}, 1),
 		peers:            map[string]memberlist.Node{},
-		peersSince:       map[string]time.Time{},
 		joins:            newJoiner(cfg),
 		hooks:            testHooks{killc: make(chan struct{})},
 	}

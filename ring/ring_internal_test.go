@@ -336,11 +336,17 @@ func TestRing_SettleJoin(t *testing.T) {
 			require.NoError(t, err)
 			require.True(t, joining, "the entry of b is not here yet")
 		}
+		// A tombstone of b, from a member that missed its heartbeats:
+		// b is alive, and registers again.
+		r.mergeRemote(desc{"b": {ID: "b", Addr: "b:9095", Zone: "z1", State: LEFT, Heartbeat: 999_000, RegisteredAt: 999_999}}, false)
+		joining, err := r.settleJoin()
+		require.NoError(t, err)
+		require.True(t, joining, "b is only a tombstone here")
 		// b registered before this one, against a ring without it.
 		older := InstanceDesc{ID: "b", Addr: "b:9095", Zone: "z1", State: JOINING, Heartbeat: 999_999, RegisteredAt: 999_999}
 		older.Tokens = chooseTokens(joinRand(older), 4, 3, "z1", []InstanceDesc{active})
 		r.mergeRemote(desc{"b": older}, false)
-		joining, err := r.settleJoin()
+		joining, err = r.settleJoin()
 		require.NoError(t, err)
 		require.True(t, joining, "chose again, around b")
 		joining, err = r.settleJoin()
@@ -350,7 +356,7 @@ func TestRing_SettleJoin(t *testing.T) {
 		require.InDeltaSlice(t, []float64{1.0 / 3, 1.0 / 3, 1.0 / 3}, s.ownership, 0.02)
 	})
 
-	t.Run("a listed ingester without an entry for AutoForgetAfter is not waited for", func(t *testing.T) {
+	t.Run("a listed ingester without an entry for twice AutoForgetAfter is not waited for", func(t *testing.T) {
 		now := time.UnixMilli(1_000_000)
 		r := newTestRingWith(t, "self", "self:9095", &now, nil, func(c *Config) { c.AutoForgetAfter = time.Minute })
 		setDesc(r, desc{"a": active})
@@ -359,8 +365,11 @@ func TestRing_SettleJoin(t *testing.T) {
 		// A hung ingester: memberlist still lists it, but it was
 		// forgotten before this one joined.
 		addPeer(r, "hung-1", memberMeta{ID: "hung", Zone: "z1"})
-		now = now.Add(time.Minute - time.Millisecond)
 		joining, err := r.settleJoin()
+		require.NoError(t, err)
+		require.True(t, joining)
+		now = now.Add(2*time.Minute - time.Millisecond)
+		joining, err = r.settleJoin()
 		require.NoError(t, err)
 		require.True(t, joining)
 		now = now.Add(time.Millisecond)
