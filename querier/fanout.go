@@ -262,17 +262,24 @@ func fanOut[T any](ctx context.Context, q *Queryable, op string, fn func(context
 	instances, unhealthy := q.instances()
 	results := make([]T, len(instances))
 	fails := newFailures(ctx, q.ring.ReplicationFactor(), instances, unhealthy)
-	var wg sync.WaitGroup
+	done := make(chan int, len(instances))
+	cancels := make([]context.CancelCauseFunc, len(instances))
 	for i, inst := range instances {
-		wg.Go(func() {
+		var callCtx context.Context
+		callCtx, cancels[i] = context.WithCancelCause(ctx)
+		go func() {
+			defer func() { done <- i }()
 			begin := time.Now()
 			c, err := q.clients.Get(inst.Addr)
 			var res T
 			if err == nil {
-				res, err = fn(ctx, c)
+				res, err = fn(callCtx, c)
 			}
 			q.metrics.requestDuration.WithLabelValues(op).Observe(time.Since(begin).Seconds())
 			if err != nil {
+				if cause := context.Cause(callCtx); errors.Is(cause, errHedged) {
+					err = cause
+				}
 				if ctx.Err() == nil {
 					q.metrics.requestErrors.WithLabelValues(op).Inc()
 				}
@@ -281,8 +288,45 @@ func fanOut[T any](ctx context.Context, q *Queryable, op string, fn func(context
 				return
 			}
 			results[i] = res
-		})
+		}()
 	}
-	wg.Wait()
+	// Wait for every call, or, once the answers hold a read quorum of
+	// every series, for the hedge delay; then end the rest.
+	pending := make(map[int]bool, len(instances))
+	for i := range instances {
+		pending[i] = true
+	}
+	var hedged <-chan time.Time
+	for len(pending) > 0 {
+		select {
+		case i := <-done:
+			delete(pending, i)
+			if hedged == nil && q.HedgeDelay > 0 && len(pending) > 0 && fails.toleratesAlso(pendingOf(instances, pending)) {
+				t := time.NewTimer(q.HedgeDelay)
+				defer t.Stop()
+				hedged = t.C
+			}
+		case <-hedged:
+			for i := range pending {
+				cancels[i](errHedged)
+			}
+			for range pending {
+				<-done
+			}
+			clear(pending)
+		}
+	}
+	for _, cancel := range cancels {
+		cancel(nil)
+	}
 	return results, fails
+}
+
+// pendingOf returns the instances at the indexes in pending.
+func pendingOf(instances []ring.InstanceDesc, pending map[int]bool) []ring.InstanceDesc {
+	out := make([]ring.InstanceDesc, 0, len(pending))
+	for i := range pending {
+		out = append(out, instances[i])
+	}
+	return out
 }

@@ -44,3 +44,22 @@ func TestAPI_HedgesAHungIngester(t *testing.T) {
 	require.Equal(t, http.StatusServiceUnavailable, code, "body: %s", body)
 	require.Equal(t, "timeout", decode(t, body).ErrorType)
 }
+
+// TestAPI_HedgesAHungIngesterOnLabelsAndSeries: the label and series
+// endpoints answer from the replicas that answered, too.
+func TestAPI_HedgesAHungIngesterOnLabelsAndSeries(t *testing.T) {
+	all := newCluster(t, 3, dbWith(t, testData()), dbWith(t, testData()), dbWith(t, testData()))
+	c := newCluster(t, 3, dbWith(t, testData()), dbWith(t, testData()), dbWith(t, testData()))
+	c.ingesters[1].holdCalls.Store(true)
+	c.queryable.HedgeDelay = 50 * time.Millisecond
+	for _, path := range []string{"/api/v1/labels", "/api/v1/label/job/values", "/api/v1/series?match[]=http_requests_total"} {
+		_, want := call(t, newAPI(t, all.queryable), http.MethodGet, path, nil)
+		code, body := call(t, newAPI(t, c.queryable), http.MethodGet, path, nil)
+		require.Equal(t, http.StatusOK, code, "%s: %s", path, body)
+		got := decode(t, body)
+		require.Equal(t, decode(t, want).Data, got.Data, path)
+		require.Len(t, got.Warnings, 1, path)
+		require.Contains(t, got.Warnings[0], "no answer within the hedge delay", path)
+	}
+	require.Eventually(t, func() bool { return c.ingesters[1].canceledCalls.Load() == 3 }, 10*time.Second, 10*time.Millisecond)
+}

@@ -49,6 +49,10 @@ type testIngester struct {
 	// canceledStreams counts the streams whose context the client
 	// canceled while QueryStream was serving them.
 	canceledStreams atomic.Int64
+	// holdCalls makes LabelNames, LabelValues and Series wait for the
+	// client to cancel, as a hung ingester; canceledCalls counts them.
+	holdCalls     atomic.Bool
+	canceledCalls atomic.Int64
 
 	// metadata is what MetricsMetadata answers, by metric family.
 	metadata map[string][]metadata.Metadata
@@ -143,7 +147,21 @@ func (s *testIngester) QueryStream(req *censuspb.QueryStreamRequest, stream grpc
 	return nil
 }
 
+// hold waits, while holdCalls is set, for the client to cancel the call of
+// ctx.
+func (s *testIngester) hold(ctx context.Context) error {
+	if !s.holdCalls.Load() {
+		return nil
+	}
+	<-ctx.Done()
+	s.canceledCalls.Add(1)
+	return ctx.Err()
+}
+
 func (s *testIngester) LabelNames(ctx context.Context, req *censuspb.LabelNamesRequest) (*censuspb.LabelNamesResponse, error) {
+	if err := s.hold(ctx); err != nil {
+		return nil, err
+	}
 	ms, q, err := s.querier(req.GetMatchers(), req.GetStartMs(), req.GetEndMs())
 	if err != nil {
 		return nil, err
@@ -154,6 +172,9 @@ func (s *testIngester) LabelNames(ctx context.Context, req *censuspb.LabelNamesR
 }
 
 func (s *testIngester) LabelValues(ctx context.Context, req *censuspb.LabelValuesRequest) (*censuspb.LabelValuesResponse, error) {
+	if err := s.hold(ctx); err != nil {
+		return nil, err
+	}
 	ms, q, err := s.querier(req.GetMatchers(), req.GetStartMs(), req.GetEndMs())
 	if err != nil {
 		return nil, err
@@ -164,6 +185,9 @@ func (s *testIngester) LabelValues(ctx context.Context, req *censuspb.LabelValue
 }
 
 func (s *testIngester) Series(ctx context.Context, req *censuspb.SeriesRequest) (*censuspb.SeriesResponse, error) {
+	if err := s.hold(ctx); err != nil {
+		return nil, err
+	}
 	s.lastSeries.Store(req)
 	ms, q, err := s.querier(req.GetMatchers(), req.GetStartMs(), req.GetEndMs())
 	if err != nil {

@@ -237,7 +237,7 @@ func (st *streams) hedge() {
 		select {
 		case i := <-st.openedc:
 			delete(pending, i)
-			if hedged == nil && st.hedgeDelay > 0 && len(pending) > 0 && st.fails.toleratesAlso(st.pendingInstances(pending)) {
+			if hedged == nil && st.hedgeDelay > 0 && len(pending) > 0 && st.fails.toleratesAlso(pendingOf(st.instances, pending)) {
 				t := time.NewTimer(st.hedgeDelay)
 				defer t.Stop()
 				hedged = t.C
@@ -249,14 +249,6 @@ func (st *streams) hedge() {
 			return
 		}
 	}
-}
-
-func (st *streams) pendingInstances(pending map[int]bool) []ring.InstanceDesc {
-	out := make([]ring.InstanceDesc, 0, len(pending))
-	for i := range pending {
-		out = append(out, st.instances[i])
-	}
-	return out
 }
 
 // stop ends every stream of the Select because the query cannot go on
