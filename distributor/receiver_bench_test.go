@@ -48,9 +48,11 @@ func (a shardOnlyAppender) Commit() error {
 // BenchmarkReceiver_RemoteWrite measures what one core of a distributor
 // does per remote-write request, as Prometheus sends them by default
 // (2,000 samples, here of 2,000 series with 10 labels each): snappy and
-// protobuf decoding by Prometheus' own handler, validation, hashing,
-// encoding each series once and building the requests of 3 replicas among
-// 10 ingesters. Sending is left out (see shardOnly).
+// protobuf decoding (1.0 by Census' own store, 2.0 by Prometheus'
+// handler), validation, hashing, encoding each series once and building
+// the requests of 3 replicas among 10 ingesters. Sending is left out (see
+// shardOnly). v1-prometheus is 1.0 through Prometheus' own handler, the
+// peer of v1 in the same run.
 func BenchmarkReceiver_RemoteWrite(b *testing.B) {
 	const numSeries = 2000
 	r := &FakeRing{RF: 3}
@@ -59,7 +61,8 @@ func BenchmarkReceiver_RemoteWrite(b *testing.B) {
 	}
 	cfg := Config{PushTimeout: 10 * time.Second, MaxLabelNamesPerSeries: 64, MaxLabelNameLength: 1024, MaxLabelValueLength: 4096, MaxFutureSkew: 10 * time.Minute}
 	d := &Distributor{cfg: cfg, ring: r, metrics: newMetrics(nil), appenders: newFreeList()}
-	handler := remote.NewWriteHandler(nil, nil, shardOnly{d}, remoteapi.MessageTypes{remoteapi.WriteV1MessageType, remoteapi.WriteV2MessageType}, false, true)
+	prometheusHandler := remote.NewWriteHandler(nil, nil, shardOnly{d}, remoteapi.MessageTypes{remoteapi.WriteV1MessageType, remoteapi.WriteV2MessageType}, false, true)
+	handler := newRemoteWriteHandler(prometheusHandler, shardOnly{d}, nil)
 
 	now := timestamp.FromTime(time.Now())
 	series := make([]labels.Labels, numSeries)
@@ -97,9 +100,11 @@ func BenchmarkReceiver_RemoteWrite(b *testing.B) {
 	for _, tc := range []struct {
 		name, contentType string
 		body              []byte
+		handler           http.Handler
 	}{
-		{"v1", "application/x-protobuf;proto=prometheus.WriteRequest", snappy.Encode(nil, v1Bytes)},
-		{"v2", "application/x-protobuf;proto=io.prometheus.write.v2.Request", snappy.Encode(nil, v2Bytes)},
+		{"v1", "application/x-protobuf;proto=prometheus.WriteRequest", snappy.Encode(nil, v1Bytes), handler},
+		{"v1-prometheus", "application/x-protobuf;proto=prometheus.WriteRequest", snappy.Encode(nil, v1Bytes), prometheusHandler},
+		{"v2", "application/x-protobuf;proto=io.prometheus.write.v2.Request", snappy.Encode(nil, v2Bytes), handler},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			b.ReportAllocs()
@@ -110,7 +115,7 @@ func BenchmarkReceiver_RemoteWrite(b *testing.B) {
 				req.Header.Set("Content-Type", tc.contentType)
 				req.Header.Set("Content-Encoding", "snappy")
 				w := httptest.NewRecorder()
-				handler.ServeHTTP(w, req)
+				tc.handler.ServeHTTP(w, req)
 				if w.Code != http.StatusNoContent {
 					b.Fatalf("status %d: %s", w.Code, w.Body)
 				}
