@@ -40,6 +40,11 @@ type Config struct {
 	// needs the TSDB's newer chunk encodings (XOR2 for floats), which a
 	// Prometheus before 3.x cannot read from the blocks.
 	StartTimestamps bool
+	// MinFreeBytes is the free space of the storage volume below which
+	// pushes are refused (Unavailable) while queries go on; writes resume
+	// once there is that much again. 0 derives it: 1% of the volume, at
+	// least 64MiB and at most 4GiB.
+	MinFreeBytes ByteSize
 	// Limits protect the ingester from cardinality explosions and huge
 	// queries.
 	Limits Limits
@@ -57,6 +62,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.Var(&c.OutOfOrderWindow, "storage.out-of-order-window", "Accept samples older than their series' newest sample when they are at most this far behind the newest sample in the TSDB, e.g. 10m. 0 refuses them, as Prometheus does by default.")
 	fs.BoolVar(&c.StartTimestamps, "storage.start-timestamps", false, "Store samples' start timestamps (OpenMetrics created timestamps), in the TSDB's start-timestamp chunk encodings (XOR2), as Prometheus' st-storage feature does.")
 	fs.IntVar(&c.MaxExemplars, "storage.max-exemplars", 100_000, "Exemplars kept in memory, in one ring buffer shared by every series (about 100 bytes each). 0 disables exemplar storage.")
+	c.MinFreeBytes = 0
+	fs.Var(&c.MinFreeBytes, "storage.min-free-bytes", "Free space of the --storage.path volume below which the ingester refuses pushes (gRPC Unavailable: other replicas take them, and /ready says why) and keeps answering queries; writes resume by themselves once there is this much free again. A start on a fuller volume opens the TSDB read-only. The TSDB's own writes after pushes stop (head chunks, the shutdown snapshot) come out of this reserve. 0 means 1% of the volume, at least 64MB and at most 4GB.")
 	c.Limits.RegisterFlags(fs)
 }
 
@@ -73,6 +80,9 @@ func (c *Config) Validate() error {
 	}
 	if c.OutOfOrderWindow < 0 {
 		return fmt.Errorf("--storage.out-of-order-window must not be negative, got %s", c.OutOfOrderWindow)
+	}
+	if c.MinFreeBytes < 0 {
+		return fmt.Errorf("--storage.min-free-bytes must not be negative, got %s", c.MinFreeBytes)
 	}
 	if c.MaxExemplars < 0 {
 		return fmt.Errorf("--storage.max-exemplars must not be negative, got %d", c.MaxExemplars)

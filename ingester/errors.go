@@ -127,8 +127,8 @@ func (e *pushError) response() *censuspb.PushResponse {
 // toStatus converts an error of a request into the gRPC status its client
 // sees. It is the one place where ingester errors meet codes: input at fault
 // is InvalidArgument (never retried), a full ingester or a query over its
-// limits is ResourceExhausted, an ingester not serving is Unavailable (try
-// another replica), and nothing leaves as Unknown. A push that refused
+// limits is ResourceExhausted, an ingester not serving or with a full disk
+// is Unavailable (try another replica), and nothing leaves as Unknown. A push that refused
 // samples carries a censuspb.PushResponse in the status details, one
 // Rejection per reason.
 func toStatus(err error) error {
@@ -155,10 +155,15 @@ func statusCode(err error) codes.Code {
 	var (
 		pe *pushError
 		qe *queryLimitError
+		de *diskFullError
 	)
 	switch {
 	case err == nil:
 		return codes.OK
+	case errors.As(err, &de):
+		// Before the wrapped write error, whatever it is: the ingester
+		// cannot take writes, another replica can.
+		return codes.Unavailable
 	case errors.As(err, &pe):
 		return pe.code()
 	case errors.Is(err, censuspb.ErrInvalidLabels),

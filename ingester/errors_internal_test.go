@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"syscall"
 	"testing"
 
 	"github.com/prometheus/prometheus/storage"
@@ -40,6 +41,8 @@ func TestToStatus(t *testing.T) {
 		{name: "caller gone", err: fmt.Errorf("select: %w", context.Canceled), want: codes.Canceled},
 		{name: "deadline", err: fmt.Errorf("select: %w", context.DeadlineExceeded), want: codes.DeadlineExceeded},
 		{name: "stream error keeps its code", err: fmt.Errorf("send frame: %w", status.Error(codes.Unavailable, "transport closing")), want: codes.Unavailable},
+		{name: "disk below its reserve", err: &diskFullError{path: "/data", free: 1 << 20, reserve: 64 << 20}, want: codes.Unavailable},
+		{name: "write failed for lack of room", err: fmt.Errorf("commit push of 3 samples: %w", &diskFullError{path: "/data", cause: fmt.Errorf("write to WAL: %w", syscall.ENOSPC)}), want: codes.Unavailable},
 		{name: "anything else", err: errors.New("write to WAL: disk full"), want: codes.Internal},
 		{name: "unknown status becomes internal", err: status.Error(codes.Unknown, "?"), want: codes.Internal},
 	} {
@@ -78,4 +81,27 @@ func TestPushError(t *testing.T) {
 		{Reason: "max_series", Samples: 5, FirstError: "first over the limit"},
 	}}
 	require.True(t, proto.Equal(want, got), "got %v", got)
+}
+
+func TestDiskFullError(t *testing.T) {
+	e := &diskFullError{path: "/data", free: 3 << 20, reserve: 64 << 20}
+	require.EqualError(t, e, "disk full: writes refused while /data has 3145728 bytes (3.0MiB) free, below --storage.min-free-bytes=67108864 bytes (64.0MiB); queries are served")
+	e.readOnly = true
+	require.ErrorContains(t, e, "; the TSDB was opened read-only at start and reopens for writes once there is room")
+	e.cause = fmt.Errorf("write to WAL: %w", syscall.ENOSPC)
+	require.ErrorIs(t, e, syscall.ENOSPC)
+	require.True(t, isNoSpace(fmt.Errorf("commit: %w", e)))
+	require.False(t, isNoSpace(errors.New("no space left on device")), "only the errno, not its text")
+}
+
+func TestReserveFor(t *testing.T) {
+	f := func(set ByteSize, total, want uint64) {
+		t.Helper()
+		require.Equal(t, want, reserveFor(set, total))
+	}
+	f(4<<20, 20<<20, 4<<20) // Set: as given, whatever the volume.
+	f(0, 20<<20, 64<<20)    // Small volume: the floor.
+	f(0, 100<<30, 1<<30)    // 1%.
+	f(0, 10<<40, 4<<30)     // The ceiling.
+	f(1, 10<<40, 1)         // Practically off.
 }

@@ -32,3 +32,15 @@ func ToStatus(err error) error { return toStatus(err) }
 func NewGeneratedServer(i *Ingester, ln net.Listener) *Server {
 	return newServer(i, ln, func(s *grpc.Server) { censuspb.RegisterIngesterServer(s, i) })
 }
+
+// SetStatDisk makes i read the free and total bytes of its storage volume
+// from stat instead of statfs. Call it before Run.
+func SetStatDisk(i *Ingester, stat func(path string) (free, total uint64, err error)) {
+	i.statDisk = func(path string) (diskSpace, error) {
+		free, total, err := stat(path)
+		return diskSpace{free: free, total: total}, err
+	}
+}
+
+// DiskCheckInterval is how often an ingester reads its volume's free space.
+const DiskCheckInterval = diskCheckInterval

@@ -27,7 +27,8 @@ type testIngester struct {
 	client censuspb.IngesterClient
 	conn   grpc.ClientConnInterface // client's, for censuspb.PushEncoded.
 	reg    *prometheus.Registry
-	stop   func() // Stops the server and the ingester; idempotent.
+	stop   func()     // Stops the server and the ingester; idempotent.
+	ran    chan error // Receives Run's result, for waitReady.
 }
 
 // testConfig is the ingester's default configuration on dir, with a fixed
@@ -58,9 +59,22 @@ func startIngesterWith(t testing.TB, cfg ingester.Config) *testIngester {
 // returns.
 func startIngesterServing(t testing.TB, cfg ingester.Config, newServer func(*ingester.Ingester, net.Listener) *ingester.Server) *testIngester {
 	t.Helper()
+	ti := startIngesterSetUp(t, cfg, newServer, nil)
+	waitReady(t, ti.ing, ti.ran)
+	return ti
+}
+
+// startIngesterSetUp is startIngesterServing that calls setUp, if not nil,
+// on the new Ingester before Run, and returns without waiting until it is
+// ready.
+func startIngesterSetUp(t testing.TB, cfg ingester.Config, newServer func(*ingester.Ingester, net.Listener) *ingester.Server, setUp func(*ingester.Ingester)) *testIngester {
+	t.Helper()
 	reg := prometheus.NewPedanticRegistry()
 	ing, err := ingester.New(cfg, nil, reg)
 	require.NoError(t, err)
+	if setUp != nil {
+		setUp(ing)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	ran := make(chan error, 1)
 	go func() { ran <- ing.Run(ctx) }()
@@ -88,8 +102,7 @@ func startIngesterServing(t testing.TB, cfg ingester.Config, newServer func(*ing
 		})
 	}
 	t.Cleanup(stop)
-	waitReady(t, ing, ran)
-	return &testIngester{ing: ing, client: client, conn: conn, reg: reg, stop: stop}
+	return &testIngester{ing: ing, client: client, conn: conn, reg: reg, stop: stop, ran: ran}
 }
 
 // waitReady polls ing until it is ready; ran receives Run's result.

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -61,6 +62,21 @@ type Ingester struct {
 	// Set with db.
 	syncer *walSyncer
 
+	// statDisk reads the space of the storage volume; tests replace it
+	// before Run.
+	statDisk func(path string) (diskSpace, error)
+	// diskFull is the refusal of every push while the storage volume has
+	// less free space than --storage.min-free-bytes or the TSDB is open
+	// read-only, nil while pushes are taken. checkDisk sets and clears it;
+	// every push and Ready read it without a lock.
+	diskFull atomic.Pointer[diskFullError]
+	// readOnly is set while db is a read-only mirror of the storage path
+	// (mirrorStorage), opened because the volume was full at start.
+	readOnly atomic.Bool
+	// reopenc wakes Run to reopen the TSDB for writes once a read-only
+	// start has room again; capacity 1.
+	reopenc chan struct{}
+
 	// pushStates pools *pushState, the scratch space of one Push, and
 	// encodedRequests *encodedRequest, the request of registerService's Push.
 	pushStates      sync.Pool
@@ -97,6 +113,8 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Ingester,
 		tsdbReg:  newTeeRegisterer(reg),
 		replay:   &tsdb.DBStats{Head: tsdb.NewHeadStats()},
 		metadata: newMetadataStore(),
+		statDisk: statDisk,
+		reopenc:  make(chan struct{}, 1),
 	}
 	i.walSegments.Store(-1)
 	i.metrics = newMetrics(reg, i.openDB.Load)
@@ -113,65 +131,255 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Ingester,
 // snapshot of the head so that the next start needs no WAL replay. Run
 // returns nil after a clean stop; it may be called only once. A TSDB that
 // fails to open is an error: ctx ending during the replay waits for it.
+//
+// While serving, Run reads the free space of the storage volume every
+// diskCheckInterval: below --storage.min-free-bytes pushes are refused
+// (diskFullError) and queries go on, until there is room again. A start on
+// a volume below the reserve opens the TSDB read-only, on a mirror of the
+// storage path whose own writes go to the temporary directory, since the
+// WAL replay writes head chunks and the TSDB panics when that fails; once
+// there is room, Run closes it and reopens the storage path for writes.
 func (i *Ingester) Run(ctx context.Context) error {
 	if !i.started.CompareAndSwap(false, true) {
 		return errors.New("ingester already ran: Run may be called only once")
 	}
-	db, err := i.open()
-	if err != nil {
+	fail := func(err error) error {
 		i.mtx.Lock()
 		i.closed = true
 		i.mtx.Unlock()
 		return err
 	}
-
-	var syncer *walSyncer
-	stopSyncer := make(chan struct{})
-	syncerDone := make(chan struct{})
-	if i.cfg.WALFsync {
-		dirs := []string{filepath.Join(i.cfg.StoragePath, "wal")}
-		if i.cfg.OutOfOrderWindow > 0 {
-			dirs = append(dirs, filepath.Join(i.cfg.StoragePath, wlog.WblDirName))
-		}
-		syncer = newWALSyncer(dirs, i.metrics.walFsyncDuration)
-		go func() {
-			defer close(syncerDone)
-			syncer.run(stopSyncer)
-		}()
-	} else {
-		close(syncerDone)
+	if err := os.MkdirAll(i.cfg.StoragePath, 0o777); err != nil {
+		return fail(fmt.Errorf("create storage path: %w", err))
 	}
+	space, err := i.statDisk(i.cfg.StoragePath)
+	readOnly := err == nil && space.free < reserveFor(i.cfg.MinFreeBytes, space.total)
+	i.readOnly.Store(readOnly)
+	i.checkDisk(nil)
 
-	i.mtx.Lock()
-	i.db, i.syncer = db, syncer
-	i.openDB.Store(db)
-	i.mtx.Unlock()
-	// From now on a new series must fit the limits; the replayed ones came
-	// in whatever the limits are now.
-	i.limiter.enforce.Store(true)
+	var (
+		db      *tsdb.DB
+		sandbox string // The mirror of a read-only TSDB, removed once it closed.
+		syncer  *runningSyncer
+	)
+	if readOnly {
+		db, sandbox, err = i.openReadOnly()
+	} else {
+		db, err = i.open(i.cfg.StoragePath, i.tsdbReg, i.limiter)
+	}
+	if err != nil {
+		return fail(err)
+	}
+	if !readOnly {
+		syncer = i.startSyncer()
+	}
+	i.publish(db, syncer)
 
-	<-ctx.Done()
+	stopWatch, watchDone := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		i.watchDisk(stopWatch)
+	}()
+	defer func() {
+		close(stopWatch)
+		<-watchDone
+	}()
+
+serve:
+	for {
+		select {
+		case <-ctx.Done():
+			break serve
+		case <-i.reopenc:
+			if db, syncer, err = i.reopenForWrites(db, sandbox); err != nil {
+				return fail(err)
+			}
+			sandbox = ""
+		}
+	}
 
 	i.logger.Info("Stopping the ingester: refusing new requests, waiting for in-flight ones")
 	i.stopping.Store(true)
 	i.mtx.Lock()
 	defer i.mtx.Unlock()
 	// No request holds the TSDB any more, so no push waits for the syncer.
-	close(stopSyncer)
-	<-syncerDone
+	syncer.close()
 	i.closed = true
 	i.db, i.syncer = nil, nil
 	i.openDB.Store(nil)
 	start := time.Now()
-	if err := db.Close(); err != nil {
+	err = db.Close()
+	if sandbox != "" {
+		err = errors.Join(err, os.RemoveAll(sandbox))
+	}
+	if err != nil {
 		return fmt.Errorf("close TSDB in %s: %w", i.cfg.StoragePath, err)
 	}
 	i.logger.Info("TSDB closed, head snapshot written", "path", i.cfg.StoragePath, "duration", time.Since(start))
 	return nil
 }
 
-// open opens the TSDB. It is slow: most of it is the WAL replay.
-func (i *Ingester) open() (*tsdb.DB, error) {
+// publish makes db serve requests, and syncer fsync pushes if not nil.
+func (i *Ingester) publish(db *tsdb.DB, syncer *runningSyncer) {
+	i.mtx.Lock()
+	i.db = db
+	i.syncer = nil
+	if syncer != nil {
+		i.syncer = syncer.walSyncer
+	}
+	i.openDB.Store(db)
+	i.mtx.Unlock()
+	// From now on a new series must fit the limits; the replayed ones came
+	// in whatever the limits are now.
+	i.limiter.enforce.Store(true)
+}
+
+// runningSyncer is a walSyncer with the goroutine that runs it.
+type runningSyncer struct {
+	*walSyncer
+	stopc, donec chan struct{}
+}
+
+// startSyncer starts the WAL syncer of --storage.wal-fsync; nil without it.
+func (i *Ingester) startSyncer() *runningSyncer {
+	if !i.cfg.WALFsync {
+		return nil
+	}
+	dirs := []string{filepath.Join(i.cfg.StoragePath, "wal")}
+	if i.cfg.OutOfOrderWindow > 0 {
+		dirs = append(dirs, filepath.Join(i.cfg.StoragePath, wlog.WblDirName))
+	}
+	s := &runningSyncer{walSyncer: newWALSyncer(dirs, i.metrics.walFsyncDuration), stopc: make(chan struct{}), donec: make(chan struct{})}
+	go func() {
+		defer close(s.donec)
+		s.run(s.stopc)
+	}()
+	return s
+}
+
+// close stops s; no push may be waiting for it. A nil s is a no-op.
+func (s *runningSyncer) close() {
+	if s == nil {
+		return
+	}
+	close(s.stopc)
+	<-s.donec
+}
+
+// openReadOnly opens the TSDB of the storage path without writing to its
+// volume: on a mirror in the temporary directory (mirrorStorage), with
+// compaction off, registering no metrics and counting its series in a
+// limiter of its own, since the TSDB that replaces it counts them again. It
+// returns the mirror's directory, which the caller removes once db closed.
+func (i *Ingester) openReadOnly() (db *tsdb.DB, sandbox string, err error) {
+	sandbox, err = os.MkdirTemp("", "census-read-only-tsdb-")
+	if err != nil {
+		return nil, "", fmt.Errorf("create the directory of a read-only TSDB: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			_ = os.RemoveAll(sandbox) // Links and files of our own only.
+		}
+	}()
+	if err := mirrorStorage(i.cfg.StoragePath, sandbox); err != nil {
+		return nil, "", fmt.Errorf("mirror %s into %s to open it read-only: %w", i.cfg.StoragePath, sandbox, err)
+	}
+	i.logger.Warn("Storage volume full: opening the TSDB read-only, through a mirror whose writes go to the temporary directory",
+		"path", i.cfg.StoragePath, "mirror", sandbox)
+	db, err = i.open(sandbox, nil, newLimiter(i.cfg.Limits))
+	if err != nil {
+		return nil, "", err
+	}
+	// Compaction would write blocks into the mirror; the first one would
+	// run a minute after Open, so nothing has been compacted yet.
+	db.DisableCompactions()
+	return db, sandbox, nil
+}
+
+// reopenForWrites closes the read-only TSDB db and its mirror and opens the
+// storage path for writes, replaying its WAL again: meanwhile requests
+// fail with Unavailable and Ready reports the replay.
+func (i *Ingester) reopenForWrites(db *tsdb.DB, sandbox string) (*tsdb.DB, *runningSyncer, error) {
+	i.logger.Info("Storage volume has room again: reopening the TSDB for writes", "path", i.cfg.StoragePath)
+	i.mtx.Lock()
+	i.db = nil
+	i.openDB.Store(nil)
+	i.replay = &tsdb.DBStats{Head: tsdb.NewHeadStats()}
+	i.walSegments.Store(-1)
+	err := db.Close()
+	i.mtx.Unlock()
+	if err := errors.Join(err, os.RemoveAll(sandbox)); err != nil {
+		i.logger.Warn("Closing the read-only TSDB failed", "mirror", sandbox, "err", err)
+	}
+	i.limiter.enforce.Store(false)
+	db, err = i.open(i.cfg.StoragePath, i.tsdbReg, i.limiter)
+	if err != nil {
+		return nil, nil, err
+	}
+	syncer := i.startSyncer()
+	i.publish(db, syncer)
+	i.readOnly.Store(false)
+	i.checkDisk(nil)
+	return db, syncer, nil
+}
+
+// watchDisk reads the volume's space every diskCheckInterval until stopc
+// is closed.
+func (i *Ingester) watchDisk(stopc <-chan struct{}) {
+	t := time.NewTicker(diskCheckInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-stopc:
+			return
+		case <-t.C:
+			i.checkDisk(nil)
+		}
+	}
+}
+
+// checkDisk reads the free space of the storage volume and refuses pushes
+// while it is below the reserve, the TSDB is read-only, or cause, a write
+// that failed for lack of room, says so; else it takes them again. A
+// read-only TSDB with room again wakes Run to reopen it for writes.
+func (i *Ingester) checkDisk(cause error) {
+	space, err := i.statDisk(i.cfg.StoragePath)
+	if err != nil {
+		i.logger.Warn("Reading the free space of the storage volume failed", "err", err)
+		if cause == nil {
+			return
+		}
+	}
+	reserve := reserveFor(i.cfg.MinFreeBytes, space.total)
+	i.metrics.storageFree.Set(float64(space.free))
+	i.metrics.storageReserve.Set(float64(reserve))
+	readOnly := i.readOnly.Load()
+	if space.free >= reserve && !readOnly && cause == nil {
+		if prev := i.diskFull.Swap(nil); prev != nil {
+			i.logger.Info("Storage volume has room again: accepting pushes", "path", i.cfg.StoragePath,
+				"free_bytes", space.free, "min_free_bytes", reserve)
+		}
+		i.metrics.diskFull.Set(0)
+		return
+	}
+	e := &diskFullError{path: i.cfg.StoragePath, free: space.free, reserve: reserve, readOnly: readOnly, cause: cause}
+	if prev := i.diskFull.Swap(e); prev == nil {
+		i.logger.Warn("Storage volume full: refusing pushes, serving queries", "path", i.cfg.StoragePath,
+			"free_bytes", space.free, "min_free_bytes", reserve, "read_only", readOnly, "err", cause)
+	}
+	i.metrics.diskFull.Set(1)
+	if readOnly && space.free >= reserve {
+		select {
+		case i.reopenc <- struct{}{}:
+		default: // Run has been woken already.
+		}
+	}
+}
+
+// open opens the TSDB in dir: the storage path, or its read-only mirror.
+// It is slow: most of it is the WAL replay. reg receives the TSDB's
+// metrics, and series counts the head's series for the limits.
+func (i *Ingester) open(dir string, reg prometheus.Registerer, series tsdb.SeriesLifecycleCallback) (*tsdb.DB, error) {
 	opts := tsdb.DefaultOptions()
 	opts.RetentionDuration = i.cfg.Retention.Milliseconds()
 	opts.MaxBytes = int64(i.cfg.RetentionSize)
@@ -190,24 +398,24 @@ func (i *Ingester) open() (*tsdb.DB, error) {
 	// A clean shutdown writes the head's chunks to a snapshot, so the next
 	// start loads it instead of replaying the whole WAL.
 	opts.EnableMemorySnapshotOnShutdown = true
-	opts.SeriesLifecycleCallback = i.limiter
+	opts.SeriesLifecycleCallback = series
 
-	walDir := filepath.Join(i.cfg.StoragePath, "wal")
+	walDir := filepath.Join(dir, "wal")
 	first, last, err := wlog.Segments(walDir)
 	segments := 0
 	if err == nil && last >= 0 {
 		segments = last - first + 1
 	}
 	i.walSegments.Store(int64(segments))
-	i.logger.Info("Opening TSDB, replaying its WAL", "path", i.cfg.StoragePath, "wal_segments", segments)
+	i.logger.Info("Opening TSDB, replaying its WAL", "path", dir, "wal_segments", segments)
 	start := time.Now()
-	db, err := tsdb.Open(i.cfg.StoragePath, i.logger, i.tsdbReg, opts, i.replay)
+	db, err := tsdb.Open(dir, i.logger, reg, opts, i.replay)
 	if err != nil {
-		return nil, fmt.Errorf("open TSDB in %s: %w", i.cfg.StoragePath, err)
+		return nil, fmt.Errorf("open TSDB in %s: %w", dir, err)
 	}
 	// The TSDB logs each WAL segment as it replays it ("WAL segment
 	// loaded", segment i of maxSegment); this is the total.
-	i.logger.Info("TSDB opened, WAL replayed", "path", i.cfg.StoragePath,
+	i.logger.Info("TSDB opened, WAL replayed", "path", dir,
 		"duration", time.Since(start), "wal_segments", segments,
 		"head_series", db.Head().NumSeries(), "blocks", len(db.Blocks()))
 	return db, nil
@@ -215,7 +423,11 @@ func (i *Ingester) open() (*tsdb.DB, error) {
 
 // Ready returns nil while the ingester serves: once Run has opened the TSDB
 // and until Run's context ends. Otherwise it says why not, with the WAL
-// replay's progress while Run opens the TSDB.
+// replay's progress while Run opens the TSDB. While the storage volume is
+// full it returns the diskFullError that refuses pushes, naming the volume
+// and its free bytes, though queries are served: /ready answers 503 and
+// says why. (The ring does not read Ready: queriers still ask this ingester,
+// and distributors count its refused pushes as failed replicas.)
 func (i *Ingester) Ready() error {
 	if i.stopping.Load() {
 		return errStopping
@@ -224,6 +436,9 @@ func (i *Ingester) Ready() error {
 	// mtx, and a read lock taken behind it would wait for every in-flight
 	// request, one of which may be waiting for this caller.
 	if i.openDB.Load() != nil {
+		if e := i.diskFull.Load(); e != nil {
+			return e
+		}
 		return nil
 	}
 	i.mtx.RLock()

@@ -20,6 +20,9 @@ type metrics struct {
 	walFsyncDuration   prometheus.Histogram
 	seriesLimit        prometheus.Gauge
 	seriesPerMetric    prometheus.Gauge
+	storageFree        prometheus.Gauge
+	storageReserve     prometheus.Gauge
+	diskFull           prometheus.Gauge
 }
 
 // newMetrics registers the ingester's metrics on reg. db returns the open
@@ -81,6 +84,18 @@ func newMetrics(reg prometheus.Registerer, db func() *tsdb.DB) *metrics {
 		seriesPerMetric: f.NewGauge(prometheus.GaugeOpts{
 			Name: "census_ingester_series_per_metric_limit",
 			Help: "Most series of one metric name this ingester holds (--ingester.max-series-per-metric).",
+		}),
+		storageFree: f.NewGauge(prometheus.GaugeOpts{
+			Name: "census_ingester_storage_free_bytes",
+			Help: "Free bytes of the --storage.path volume, read every second.",
+		}),
+		storageReserve: f.NewGauge(prometheus.GaugeOpts{
+			Name: "census_ingester_storage_min_free_bytes",
+			Help: "Free bytes of the --storage.path volume below which pushes are refused (--storage.min-free-bytes, derived from the volume's size when 0).",
+		}),
+		diskFull: f.NewGauge(prometheus.GaugeOpts{
+			Name: "census_ingester_disk_full",
+			Help: "1 while pushes are refused because the --storage.path volume has less free space than census_ingester_storage_min_free_bytes, or the TSDB was opened read-only on a full volume; else 0.",
 		}),
 	}
 	// Every reason exists from the start, so a rate over it never misses

@@ -57,6 +57,9 @@ func (i *Ingester) pushResult(err error) (*censuspb.PushResponse, error) {
 // pushWith runs one push: each adds the request's series to st, then the
 // transaction is committed and, with --storage.wal-fsync, fsynced.
 func (i *Ingester) pushWith(ctx context.Context, each func(st *pushState) error) error {
+	if e := i.diskFull.Load(); e != nil {
+		return e
+	}
 	db, err := i.acquire()
 	if err != nil {
 		return err
@@ -76,14 +79,14 @@ func (i *Ingester) pushWith(ctx context.Context, each func(st *pushState) error)
 	// it has, the batch survives a crash of this process; the syncer makes
 	// it survive a crash of the machine.
 	if err := st.app.Commit(); err != nil {
-		return fmt.Errorf("commit push of %d samples: %w", st.appended, err)
+		return fmt.Errorf("commit push of %d samples: %w", st.appended, i.noSpace(err))
 	}
 	// Before the fsync, so that the fsync covers every stored sample a
 	// refusal turns out to repeat.
 	st.resolveRefusals(ctx)
 	if i.syncer != nil {
 		if err := i.syncer.sync(ctx); err != nil {
-			return fmt.Errorf("fsync WAL after committing %d samples: %w", st.appended, err)
+			return fmt.Errorf("fsync WAL after committing %d samples: %w", st.appended, i.noSpace(err))
 		}
 	}
 
@@ -107,6 +110,21 @@ func (i *Ingester) pushWith(ctx context.Context, each func(st *pushState) error)
 		return &rej
 	}
 	return nil
+}
+
+// noSpace returns err, or if it is a write that failed for lack of room,
+// the diskFullError that refuses pushes from now on, wrapping err: a
+// distributor takes the push to other replicas rather than retrying here
+// until the next reading of the free space clears it.
+func (i *Ingester) noSpace(err error) error {
+	if !isNoSpace(err) {
+		return err
+	}
+	i.checkDisk(err)
+	if e := i.diskFull.Load(); e != nil {
+		return e
+	}
+	return err
 }
 
 // pushState is the scratch space of one Push, pooled because Push is the
