@@ -71,7 +71,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.MaxSampleAge, "distributor.max-sample-age", 0, "Refuse samples older than this. 0 leaves it to the ingesters' time rules (--storage.out-of-order-window).")
 	fs.TextVar(&c.MaxRequestBytes, "distributor.max-request-bytes", units.Base2Bytes(64<<20), "Largest HTTP push (remote write, OTLP) the distributor takes, as sent and, for remote write, once decompressed, e.g. 16MB; a larger one is refused with 413. 0 means no limit.")
 	fs.IntVar(&c.MaxInflightPushRequests, "distributor.max-inflight-push-requests", 256, "Most HTTP pushes (remote write, OTLP) the distributor works on at once; more are refused with 429, so senders back off. 0 means no limit.")
-	fs.TextVar(&c.MaxInflightPushBytes, "distributor.max-inflight-push-bytes", units.Base2Bytes(256<<20), "Most bytes, as sent, of the HTTP pushes the distributor works on at once (decoding takes many times that in memory); more are refused with 429. 0 means no limit.")
+	fs.TextVar(&c.MaxInflightPushBytes, "distributor.max-inflight-push-bytes", units.Base2Bytes(256<<20), "Most bytes of the HTTP pushes the distributor works on at once, decompressed for remote write (decoding takes about 13 times that in memory); more are refused with 429. 0 means no limit.")
 	fs.DurationVar(&c.MaxFutureSkew, "distributor.max-future-skew", 10*time.Minute, "Refuse samples stamped further than this ahead of this machine's clock. 0 means no limit. Prometheus' remote-write and OTLP receivers refuse more than 10m ahead in any case.")
 }
 

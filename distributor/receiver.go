@@ -131,10 +131,11 @@ func (h *pushHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, r.Method+" is not allowed: push with POST", http.StatusMethodNotAllowed)
 		return
 	}
-	// A body of unknown length (chunked) may be as large as allowed.
-	size := r.ContentLength
-	if size < 0 {
-		size = h.maxBytes
+	rep := &pushReport{}
+	size, msg := h.limitBody(r, rep)
+	if msg != "" {
+		http.Error(w, msg, http.StatusRequestEntityTooLarge)
+		return
 	}
 	if msg := h.inflight.acquire(size); msg != "" {
 		w.Header().Set("Retry-After", "1")
@@ -142,11 +143,6 @@ func (h *pushHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer h.inflight.release(size)
-	rep := &pushReport{}
-	if msg := h.limitBody(r, rep); msg != "" {
-		http.Error(w, msg, http.StatusRequestEntityTooLarge)
-		return
-	}
 	buf := &responseBuffer{header: http.Header{}}
 	h.next.ServeHTTP(buf, r.WithContext(context.WithValue(r.Context(), reportKey{}, rep)))
 	var tooLarge *http.MaxBytesError
@@ -170,7 +166,7 @@ func (h *pushHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 
 	code := httpStatus(rep.err)
-	msg := rep.err.Error()
+	msg = rep.err.Error()
 	if code == http.StatusBadRequest && buf.code() == http.StatusBadRequest {
 		// Remote write 2.0 refused series of its own as well.
 		msg = strings.TrimSpace(buf.body.String()) + "\n" + msg
@@ -215,26 +211,39 @@ func (h *pushHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // to more. Prometheus' handler would read such a body whole, and allocate
 // the decompressed size the header claims, before looking at it. The body
 // reports what is read of it in rep, limited or not.
-func (h *pushHandler) limitBody(r *http.Request, rep *pushReport) string {
+//
+// It also returns the push's size for the in-flight limit: decompressed,
+// when the snappy header tells it, since that is what decoding holds in
+// memory, and pushes compress from 2x to 10x; else the body's length, or
+// for a body of unknown length (chunked) the most it may be.
+func (h *pushHandler) limitBody(r *http.Request, rep *pushReport) (int64, string) {
+	size := r.ContentLength
+	if size < 0 {
+		size = h.maxBytes
+	}
 	if h.maxBytes <= 0 {
 		r.Body = &watchedBody{Reader: r.Body, Closer: r.Body, report: rep}
-		return ""
+		return max(size, 0), ""
 	}
 	if r.ContentLength > h.maxBytes {
-		return h.tooLargeMessage(fmt.Sprintf("body of %d bytes is larger than", r.ContentLength))
+		return 0, h.tooLargeMessage(fmt.Sprintf("body of %d bytes is larger than", r.ContentLength))
 	}
 	body := bufio.NewReader(http.MaxBytesReader(nil, r.Body, h.maxBytes))
 	r.Body = &watchedBody{Reader: body, Closer: r.Body, report: rep}
 	if h.otlp {
-		return ""
+		return size, ""
 	}
 	// The snappy block format begins with the decompressed length as a
 	// varint of at most 5 bytes.
 	head, _ := body.Peek(binary.MaxVarintLen32)
-	if n, err := snappy.DecodedLen(head); err == nil && int64(n) > h.maxBytes {
-		return h.tooLargeMessage(fmt.Sprintf("body decompresses to %d bytes, more than", n))
+	n, err := snappy.DecodedLen(head)
+	switch {
+	case err != nil:
+		return size, ""
+	case int64(n) > h.maxBytes:
+		return 0, h.tooLargeMessage(fmt.Sprintf("body decompresses to %d bytes, more than", n))
 	}
-	return ""
+	return max(size, int64(n)), ""
 }
 
 // isRemoteWrite2 reports whether r says it carries a remote write 2.0

@@ -4,13 +4,18 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/alecthomas/units"
 	"github.com/golang/snappy"
 	remoteapi "github.com/prometheus/client_golang/exp/api/remote"
 	"github.com/prometheus/prometheus/model/labels"
@@ -136,4 +141,98 @@ func processCPUTime() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkReceiver_ConcurrentLargePushes sends 16 remote-write 1.0
+// pushes of 29MB each decoded (195,000 series) at once, as a flood of
+// large pushes would, and reports the distributor's peak heap and how many
+// pushes it took: with the default in-flight byte limit (256MB, counted
+// decompressed: eight are taken, the others answered 429 before they are
+// read) and with 64MB (two). Sending to the ingesters is left out (see
+// shardOnly).
+func BenchmarkReceiver_ConcurrentLargePushes(b *testing.B) {
+	const numSeries, pushes = 195_000, 16
+	r := &FakeRing{RF: 3}
+	for i := range 10 {
+		r.Instances = append(r.Instances, ring.InstanceDesc{ID: fmt.Sprintf("ingester-%d", i), Addr: fmt.Sprintf("10.0.0.%d:9095", i), State: ring.ACTIVE})
+	}
+	cfg := Config{PushTimeout: 10 * time.Second, MaxLabelNamesPerSeries: 64, MaxLabelNameLength: 1024, MaxLabelValueLength: 4096, MaxFutureSkew: 10 * time.Minute}
+	d := &Distributor{cfg: cfg, ring: r, metrics: newMetrics(nil), appenders: newFreeList()}
+	prometheusHandler := remote.NewWriteHandler(nil, nil, shardOnly{d}, remoteapi.MessageTypes{remoteapi.WriteV1MessageType, remoteapi.WriteV2MessageType}, false, true)
+
+	now := timestamp.FromTime(time.Now())
+	req := &prompb.WriteRequest{}
+	for i := range numSeries {
+		ls := labels.FromStrings("__name__", "http_requests_total", "cluster", "eu-west-1", "code", strconv.Itoa(200+i%5),
+			"instance", fmt.Sprintf("10.%d.%d.%d:8080", i/65536, i/256%256, i%256), "job", "api", "pod", fmt.Sprintf("api-%d", i))
+		req.Timeseries = append(req.Timeseries, prompb.TimeSeries{Labels: prompb.FromLabels(ls, nil), Samples: []prompb.Sample{{Value: float64(i), Timestamp: now}}})
+	}
+	raw, err := req.Marshal()
+	if err != nil {
+		b.Fatal(err)
+	}
+	body := snappy.Encode(nil, raw)
+	req, raw = nil, nil
+	b.Logf("each push: %d bytes compressed", len(body))
+
+	for _, tc := range []struct {
+		name     string
+		maxBytes units.Base2Bytes
+	}{
+		{"inflight-256MB", 256 << 20},
+		{"inflight-64MB", 64 << 20},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			h := &pushHandler{next: newRemoteWriteHandler(prometheusHandler, shardOnly{d}, nil), logger: slog.New(slog.DiscardHandler), maxBytes: 64 << 20, inflight: newInflight(256, tc.maxBytes, nil)}
+			var peak uint64
+			for b.Loop() {
+				runtime.GC()
+				stop := make(chan struct{})
+				sampled := make(chan uint64)
+				go func() {
+					var (
+						ms  runtime.MemStats
+						top uint64
+					)
+					t := time.NewTicker(5 * time.Millisecond)
+					defer t.Stop()
+					for {
+						runtime.ReadMemStats(&ms)
+						top = max(top, ms.HeapInuse)
+						select {
+						case <-stop:
+							sampled <- top
+							return
+						case <-t.C:
+						}
+					}
+				}()
+				var wg sync.WaitGroup
+				var taken, throttled atomic.Int64
+				for range pushes {
+					wg.Go(func() {
+						r := httptest.NewRequest(http.MethodPost, RemoteWritePath, bytes.NewReader(body))
+						r.Header.Set("Content-Type", "application/x-protobuf;proto=prometheus.WriteRequest")
+						r.Header.Set("Content-Encoding", "snappy")
+						w := httptest.NewRecorder()
+						h.ServeHTTP(w, r)
+						switch w.Code {
+						case http.StatusNoContent:
+							taken.Add(1)
+						case http.StatusTooManyRequests:
+							throttled.Add(1)
+						default:
+							b.Errorf("status %d: %.200s", w.Code, w.Body)
+						}
+					})
+				}
+				wg.Wait()
+				close(stop)
+				peak = max(peak, <-sampled)
+				b.ReportMetric(float64(taken.Load()), "taken")
+				b.ReportMetric(float64(throttled.Load()), "throttled")
+			}
+			b.ReportMetric(float64(peak)/(1<<20), "peak-heap-MB")
+		})
+	}
 }
