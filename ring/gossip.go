@@ -11,10 +11,12 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/memberlist"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Every gossip message starts with a byte saying what it is, then JSON. The
@@ -521,13 +523,20 @@ func (d delegate) decode(b []byte) (byte, desc, bool) {
 }
 
 // memberlistLogWriter turns memberlist's "[LEVEL] memberlist: text" lines
-// into slog records at the matching level.
+// into slog records at the matching level. Memberlist logs an ERROR for
+// every packet it cannot read, so garbage sent to the gossip port (a port
+// scan, another protocol, a member with another key) would flood the log:
+// warnings and errors are counted in census_ring_memberlist_log_lines_total
+// and logged at most once per logEvery for each kind of line, with the
+// number left out since.
 type memberlistLogWriter struct {
 	logger *slog.Logger
 	// stopped is set once Run shuts memberlist down: memberlist's loops may
 	// still be mid-send then and report the closed socket as an error,
 	// which is expected and logged at debug level instead.
 	stopped *atomic.Bool
+	lines   *prometheus.CounterVec
+	limit   *logLimiter
 }
 
 func (w memberlistLogWriter) Write(p []byte) (int, error) {
@@ -535,8 +544,68 @@ func (w memberlistLogWriter) Write(p []byte) (int, error) {
 	if w.stopped.Load() && strings.Contains(text, "use of closed network connection") {
 		level = slog.LevelDebug
 	}
-	w.logger.Log(context.Background(), level, "Memberlist", "text", text)
+	if level < slog.LevelWarn {
+		w.logger.Log(context.Background(), level, "Memberlist", "text", text)
+		return len(p), nil
+	}
+	w.lines.WithLabelValues(strings.ToLower(level.String())).Inc()
+	if suppressed, ok := w.limit.allow(text, time.Now()); ok {
+		attrs := []any{"text", text}
+		if suppressed > 0 {
+			attrs = append(attrs, "similar_lines_not_logged", suppressed)
+		}
+		w.logger.Log(context.Background(), level, "Memberlist", attrs...)
+	}
 	return len(p), nil
+}
+
+// logLimiter lets one line of each kind through per every.
+type logLimiter struct {
+	every time.Duration
+	mtx   sync.Mutex
+	kinds map[string]*logKind
+}
+
+type logKind struct {
+	last       time.Time
+	suppressed int
+}
+
+// maxLogKinds bounds the kinds a logLimiter remembers.
+const maxLogKinds = 1024
+
+func newLogLimiter(every time.Duration) *logLimiter {
+	return &logLimiter{every: every, kinds: map[string]*logKind{}}
+}
+
+// allow reports whether a line of text may be logged at now, and how many
+// lines of its kind were not since the last one that was. A kind is the
+// text without digits: the same failure from other addresses or of other
+// sizes is one kind.
+func (l *logLimiter) allow(text string, now time.Time) (int, bool) {
+	kind := strings.Map(func(r rune) rune {
+		if r >= '0' && r <= '9' {
+			return -1
+		}
+		return r
+	}, text)
+	l.mtx.Lock()
+	defer l.mtx.Unlock()
+	k, ok := l.kinds[kind]
+	if !ok {
+		if len(l.kinds) >= maxLogKinds {
+			clear(l.kinds)
+		}
+		l.kinds[kind] = &logKind{last: now}
+		return 0, true
+	}
+	if now.Sub(k.last) < l.every {
+		k.suppressed++
+		return 0, false
+	}
+	suppressed := k.suppressed
+	k.last, k.suppressed = now, 0
+	return suppressed, true
 }
 
 func parseMemberlistLine(line string) (slog.Level, string) {

@@ -1,11 +1,17 @@
 package ring
 
 import (
+	"context"
+	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/stretchr/testify/require"
 )
@@ -246,4 +252,91 @@ func TestRing_HeartbeatsAreBeats(t *testing.T) {
 	require.Equal(t, ACTIVE, delta.State)
 	require.Equal(t, int64(12_001), delta.Heartbeat)
 	require.Equal(t, int64(12_000), beat.Heartbeat, "members holding the ACTIVE entry ignore this older heartbeat")
+}
+
+func TestLogLimiter(t *testing.T) {
+	l := newLogLimiter(10 * time.Second)
+	now := time.Unix(1000, 0)
+	n, ok := l.allow("UDP packet too short (1 bytes) from=10.0.0.1:5555", now)
+	require.True(t, ok)
+	require.Zero(t, n)
+	// Same kind from other addresses and sizes: left out, and counted.
+	for i := range 5 {
+		_, ok := l.allow(fmt.Sprintf("UDP packet too short (%d bytes) from=10.0.0.%d:5555", i, i), now.Add(time.Second))
+		require.False(t, ok)
+	}
+	// Another kind is its own.
+	_, ok = l.allow("Failed to decrypt packet", now.Add(time.Second))
+	require.True(t, ok)
+	// After the interval, the next line says how many were left out.
+	n, ok = l.allow("UDP packet too short (2 bytes) from=10.0.0.9:1", now.Add(11*time.Second))
+	require.True(t, ok)
+	require.Equal(t, 5, n)
+	n, ok = l.allow("UDP packet too short (2 bytes) from=10.0.0.9:1", now.Add(22*time.Second))
+	require.True(t, ok)
+	require.Zero(t, n)
+}
+
+// TestGossip_GarbagePacketsAreCountedNotLogged sends garbage to a member's
+// gossip port: each packet is counted in the metric, but the log shows one
+// line of the kind.
+func TestGossip_GarbagePacketsAreCountedNotLogged(t *testing.T) {
+	var logs syncLogBuffer
+	reg := prometheus.NewPedanticRegistry()
+	cfg := Config{BindAddress: "127.0.0.1:0", InstanceID: "target", ReplicationFactor: 1, Tokens: 4, HeartbeatPeriod: 100 * time.Millisecond, HeartbeatTimeout: time.Second}
+	r, err := New(cfg, "", slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})), reg)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		require.NoError(t, <-done)
+	})
+
+	conn, err := net.Dial("udp", r.GossipAddr())
+	require.NoError(t, err)
+	defer conn.Close()
+	const packets = 200
+	for range packets {
+		_, err := conn.Write([]byte{0xff, 0xfe, 0xfd, 0x00, 0x01})
+		require.NoError(t, err)
+	}
+	lines := func() float64 {
+		mfs, err := reg.Gather()
+		require.NoError(t, err)
+		for _, mf := range mfs {
+			if mf.GetName() == "census_ring_memberlist_log_lines_total" {
+				total := 0.0
+				for _, m := range mf.GetMetric() {
+					total += m.GetCounter().GetValue()
+				}
+				return total
+			}
+		}
+		return 0
+	}
+	// Loopback UDP may drop a few under load.
+	require.Eventually(t, func() bool { return lines() >= packets/2 }, 10*time.Second, 10*time.Millisecond)
+	errorLines := strings.Count(logs.String(), "level=ERROR")
+	require.GreaterOrEqual(t, errorLines, 1, "the first garbage packet is logged")
+	require.LessOrEqual(t, errorLines, 3, "garbage is not logged once per packet:\n%s", logs.String())
+}
+
+// syncLogBuffer is a log destination safe for concurrent writes.
+type syncLogBuffer struct {
+	mtx sync.Mutex
+	buf strings.Builder
+}
+
+func (b *syncLogBuffer) Write(p []byte) (int, error) {
+	b.mtx.Lock()
+	defer b.mtx.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncLogBuffer) String() string {
+	b.mtx.Lock()
+	defer b.mtx.Unlock()
+	return b.buf.String()
 }

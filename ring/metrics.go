@@ -34,6 +34,7 @@ type metrics struct {
 	messagesReceived *prometheus.CounterVec
 	messagesSent     *prometheus.CounterVec
 	invalidMessages  prometheus.Counter
+	memberlistLines  *prometheus.CounterVec
 	propagationDelay prometheus.Histogram
 	forgotten        *prometheus.CounterVec
 	syncs            prometheus.Counter
@@ -62,6 +63,10 @@ func newMetrics(reg prometheus.Registerer, ingester bool) *metrics {
 			Name: "census_ring_gossip_messages_invalid_total",
 			Help: "Ring gossip messages or entries dropped because they could not be decoded or were invalid.",
 		}),
+		memberlistLines: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "census_ring_memberlist_log_lines_total",
+			Help: "Warnings and errors memberlist reported (a packet it could not read, a peer it could not reach), by level, logged or not: the log shows one line of a kind per 10s.",
+		}, []string{"level"}),
 		propagationDelay: f.NewHistogram(prometheus.HistogramOpts{
 			Name:    "census_ring_gossip_propagation_delay_seconds",
 			Help:    "Time from an instance writing its ring entry (a heartbeat or a state change) to this member learning it from a gossiped delta; includes the clock skew between the two.",

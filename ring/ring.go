@@ -218,7 +218,7 @@ func (r *Ring) memberlistConfig() (*memberlist.Config, error) {
 	// Tokens are random bits that LZW cannot shrink, and compressing every
 	// packet was the largest CPU cost of gossip in profiles.
 	c.EnableCompression = false
-	c.Logger = log.New(memberlistLogWriter{logger: r.logger, stopped: &r.stopped}, "", 0)
+	c.Logger = log.New(memberlistLogWriter{logger: r.logger, stopped: &r.stopped, lines: r.metrics.memberlistLines, limit: newLogLimiter(10 * time.Second)}, "", 0)
 	// Heartbeats must spread well within HeartbeatTimeout: gossip deltas
 	// several times per heartbeat period and push/pull the full state at
 	// least every other period. With the default 15s period these are
