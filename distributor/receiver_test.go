@@ -257,6 +257,8 @@ func TestReceiver_PartlyBadRequestStoresTheGoodSeries(t *testing.T) {
 			{Labels: []prompb.Label{{Name: "job", Value: "api"}}, Samples: []prompb.Sample{{Value: 4, Timestamp: now}}},
 			{Labels: []prompb.Label{{Name: "__name__", Value: "bad\xff"}}, Samples: []prompb.Sample{{Value: 5, Timestamp: now}}},
 			{Labels: []prompb.Label{{Name: "__name__", Value: "twice"}, {Name: "a", Value: "1"}, {Name: "a", Value: "2"}}, Samples: []prompb.Sample{{Value: 6, Timestamp: now}}},
+			// Prometheus' own 1.0 receiver refuses the whole request for this one.
+			{Labels: prompb.FromLabels(labels.FromStrings("__name__", "future"), nil), Samples: []prompb.Sample{{Value: 7, Timestamp: now + 365*24*time.Hour.Milliseconds()}}},
 		}}
 		_, err := writeClient(t, u, remoteapi.WriteV1MessageType).Store(context.Background(), encode(t, req), 0)
 		requireNotRetryable(t, err, "400 Bad Request")
@@ -265,6 +267,7 @@ func TestReceiver_PartlyBadRequestStoresTheGoodSeries(t *testing.T) {
 		require.ErrorContains(t, err, `1 missing_metric_name, first: invalid labels: series {job="api"} has no metric name`)
 		require.ErrorContains(t, err, `value of label "__name__" is not valid UTF-8`)
 		require.ErrorContains(t, err, `1 duplicate_label_names, first: invalid labels: label name "a" appears twice`)
+		require.ErrorContains(t, err, `1 sample_too_far_in_future`)
 		require.Equal(t, []float64{1}, fakes[0].values(good))
 		require.Len(t, fakes[0].allSeries(), 1)
 	})
