@@ -152,6 +152,7 @@ func (i *Ingester) Run(ctx context.Context) error {
 	if err := os.MkdirAll(i.cfg.StoragePath, 0o777); err != nil {
 		return fail(fmt.Errorf("create storage path: %w", err))
 	}
+	// A volume whose space cannot be read opens for writes, as before.
 	space, err := i.statDisk(i.cfg.StoragePath)
 	readOnly := err == nil && space.free < reserveFor(i.cfg.MinFreeBytes, space.total)
 	i.readOnly.Store(readOnly)
@@ -191,6 +192,11 @@ serve:
 		case <-ctx.Done():
 			break serve
 		case <-i.reopenc:
+			// A wake that came while a reopen ran, or room that went
+			// again, leaves the TSDB as it is.
+			if !i.readOnly.Load() || !i.hasRoom() {
+				continue
+			}
 			if db, syncer, err = i.reopenForWrites(db, sandbox); err != nil {
 				return fail(err)
 			}
@@ -336,6 +342,12 @@ func (i *Ingester) watchDisk(stopc <-chan struct{}) {
 			i.checkDisk(nil)
 		}
 	}
+}
+
+// hasRoom reports whether the storage volume has the reserve free.
+func (i *Ingester) hasRoom() bool {
+	space, err := i.statDisk(i.cfg.StoragePath)
+	return err == nil && space.free >= reserveFor(i.cfg.MinFreeBytes, space.total)
 }
 
 // checkDisk reads the free space of the storage volume and refuses pushes

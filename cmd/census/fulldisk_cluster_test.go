@@ -132,8 +132,9 @@ func TestCluster_IngesterFullDisk(t *testing.T) {
 	for k := range 200 {
 		batch[fmt.Sprintf("fill_%04d", k)] = float64(k)
 	}
-	refusal := pushUntilRefused(t, dist, start, batch, job)
-	t.Logf("refused once %d bytes were free: %v", freeBytes(t, vol), refusal)
+	pushes, refusal := pushUntilRefused(t, dist, start, batch, job)
+	t.Logf("refused after %d pushes of %d series, once %d bytes were free: %v", pushes, len(batch), freeBytes(t, vol), refusal)
+	require.Greater(t, pushes, 120, "too few samples per series to cut a chunk")
 	require.ErrorContains(t, refusal, "503")
 	require.ErrorContains(t, refusal, "disk full: writes refused while "+storage+" has ")
 	require.ErrorContains(t, refusal, fmt.Sprintf("free, below --storage.min-free-bytes=%d bytes (4.0MiB)", minFree))
@@ -204,17 +205,18 @@ func TestCluster_IngesterFullDisk(t *testing.T) {
 }
 
 // pushUntilRefused sends batch at a new timestamp each time until the
-// distributor refuses it, and returns the refusal.
-func pushUntilRefused(t *testing.T, dist *process, start int64, batch map[string]float64, extra labels.Labels) error {
+// distributor refuses it, and returns how many pushes it took before and
+// the refusal.
+func pushUntilRefused(t *testing.T, dist *process, start int64, batch map[string]float64, extra labels.Labels) (int, error) {
 	t.Helper()
 	deadline := time.Now().Add(2 * time.Minute)
-	for ts := start + 1; time.Now().Before(deadline); ts++ {
-		if err := remoteWrite(t, dist.http, remoteapi.WriteV1MessageType, ts, batch, extra); err != nil {
-			return err
+	for n := 0; time.Now().Before(deadline); n++ {
+		if err := remoteWrite(t, dist.http, remoteapi.WriteV1MessageType, start+1+int64(n), batch, extra); err != nil {
+			return n, err
 		}
 	}
 	t.Fatal("pushes still taken after 2 minutes")
-	return nil
+	return 0, nil
 }
 
 // listFiles returns the size of every file under dir but the ring's tokens
