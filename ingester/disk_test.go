@@ -113,47 +113,66 @@ func TestIngester_DiskFull(t *testing.T) {
 		"census_ingester_disk_full", "census_ingester_storage_free_bytes", "census_ingester_storage_min_free_bytes"))
 }
 
-// TestIngester_StartsReadOnlyOnFullDisk restarts a crashed ingester (its
-// directory copied while it ran, so no head snapshot) on a volume below the
-// reserve: it serves every acknowledged sample without writing a byte to
-// its directory, refuses pushes, and once there is room reopens for writes
-// by itself.
+// TestIngester_StartsReadOnlyOnFullDisk restarts an ingester on a volume
+// below the reserve, after a crash (its directory copied while it ran, so
+// no head snapshot) and after a clean stop (a head snapshot, which the
+// read-only start does not use): it serves every acknowledged sample
+// without writing a byte to its directory, refuses pushes, and once there
+// is room reopens for writes by itself.
 func TestIngester_StartsReadOnlyOnFullDisk(t *testing.T) {
-	dir := t.TempDir()
-	running := startIngester(t, dir)
-	var (
-		want     []streamedSeries
-		matcher  = labels.MustNewMatcher(labels.MatchEqual, "__name__", "ro")
-		fullLine = linear(1000, 1000, 300) // 300 samples: the replay cuts and m-maps chunks.
-	)
-	for i := range 20 {
-		ls := []string{"__name__", "ro", "i", fmt.Sprintf("%02d", i)}
-		push(t, running.client, series(pairs(ls...), fullLine...))
-		want = append(want, streamedSeries{fmtLabels(ls...), fullLine})
+	for _, tc := range []struct {
+		name  string
+		clean bool
+	}{
+		{name: "after a crash"},
+		{name: "after a clean stop", clean: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			running := startIngester(t, dir)
+			var (
+				want     []streamedSeries
+				matcher  = labels.MustNewMatcher(labels.MatchEqual, "__name__", "ro")
+				fullLine = linear(1000, 1000, 300) // 300 samples: the replay cuts and m-maps chunks.
+			)
+			for i := range 20 {
+				ls := []string{"__name__", "ro", "i", fmt.Sprintf("%02d", i)}
+				push(t, running.client, series(pairs(ls...), fullLine...))
+				want = append(want, streamedSeries{fmtLabels(ls...), fullLine})
+			}
+			restartIn := filepath.Join(t.TempDir(), "data")
+			if !tc.clean {
+				require.NoError(t, copyDir(dir, restartIn))
+			}
+			running.stop()
+			if tc.clean {
+				require.NoError(t, copyDir(dir, restartIn))
+				snapshots, err := filepath.Glob(filepath.Join(restartIn, "chunk_snapshot.*"))
+				require.NoError(t, err)
+				require.NotEmpty(t, snapshots)
+			}
+			before := listFiles(t, restartIn)
+			mirrors := readOnlyMirrors(t)
+
+			disk := newFakeDisk(1 << 20)
+			ti := startIngesterOnDisk(t, restartIn, disk)
+			require.EqualError(t, ti.ing.Ready(), "disk full: writes refused while "+restartIn+" has 1048576 bytes (1.0MiB) free, below --storage.min-free-bytes=67108864 bytes (64.0MiB); queries are served; the TSDB was opened read-only at start and reopens for writes once there is room")
+			got, _ := queryStream(t, ti.client, 0, 1_000_000, matcher)
+			require.Equal(t, want, got, "every acknowledged sample is served")
+			next := series(pairs("__name__", "ro", "i", "00"), linear(301_000, 1000, 5)...)
+			requirePushRefused(t, ti, restartIn, "1048576 bytes (1.0MiB)", next)
+			require.Equal(t, before, listFiles(t, restartIn), "nothing was written to the full volume")
+			require.Len(t, readOnlyMirrors(t), len(mirrors)+1)
+
+			disk.free.Store(1 << 30)
+			waitDiskFull(t, ti, false)
+			push(t, ti.client, next)
+			want[0].Samples = linear(1000, 1000, 305)
+			got, _ = queryStream(t, ti.client, 0, 1_000_000, matcher)
+			require.Equal(t, want, got)
+			require.Equal(t, mirrors, readOnlyMirrors(t), "the mirror is removed once the TSDB reopened")
+		})
 	}
-	crashed := filepath.Join(t.TempDir(), "data")
-	require.NoError(t, copyDir(dir, crashed))
-	running.stop()
-	before := listFiles(t, crashed)
-	mirrors := readOnlyMirrors(t)
-
-	disk := newFakeDisk(1 << 20)
-	ti := startIngesterOnDisk(t, crashed, disk)
-	require.EqualError(t, ti.ing.Ready(), "disk full: writes refused while "+crashed+" has 1048576 bytes (1.0MiB) free, below --storage.min-free-bytes=67108864 bytes (64.0MiB); queries are served; the TSDB was opened read-only at start and reopens for writes once there is room")
-	got, _ := queryStream(t, ti.client, 0, 1_000_000, matcher)
-	require.Equal(t, want, got, "every acknowledged sample is served")
-	next := series(pairs("__name__", "ro", "i", "00"), linear(301_000, 1000, 5)...)
-	requirePushRefused(t, ti, crashed, "1048576 bytes (1.0MiB)", next)
-	require.Equal(t, before, listFiles(t, crashed), "nothing was written to the full volume")
-	require.Len(t, readOnlyMirrors(t), len(mirrors)+1)
-
-	disk.free.Store(1 << 30)
-	waitDiskFull(t, ti, false)
-	push(t, ti.client, next)
-	want[0].Samples = linear(1000, 1000, 305)
-	got, _ = queryStream(t, ti.client, 0, 1_000_000, matcher)
-	require.Equal(t, want, got)
-	require.Equal(t, mirrors, readOnlyMirrors(t), "the mirror is removed once the TSDB reopened")
 }
 
 // listFiles returns the size of every file under dir, by path.

@@ -166,7 +166,7 @@ func (i *Ingester) Run(ctx context.Context) error {
 	if readOnly {
 		db, sandbox, err = i.openReadOnly()
 	} else {
-		db, err = i.open(i.cfg.StoragePath, i.tsdbReg, i.limiter)
+		db, err = i.open(i.cfg.StoragePath, false)
 	}
 	if err != nil {
 		return fail(err)
@@ -221,6 +221,10 @@ serve:
 	if err != nil {
 		return fmt.Errorf("close TSDB in %s: %w", i.cfg.StoragePath, err)
 	}
+	if sandbox != "" {
+		i.logger.Info("Read-only TSDB closed", "path", i.cfg.StoragePath, "duration", time.Since(start))
+		return nil
+	}
 	i.logger.Info("TSDB closed, head snapshot written", "path", i.cfg.StoragePath, "duration", time.Since(start))
 	return nil
 }
@@ -274,9 +278,8 @@ func (s *runningSyncer) close() {
 
 // openReadOnly opens the TSDB of the storage path without writing to its
 // volume: on a mirror in the temporary directory (mirrorStorage), with
-// compaction off, registering no metrics and counting its series in a
-// limiter of its own, since the TSDB that replaces it counts them again. It
-// returns the mirror's directory, which the caller removes once db closed.
+// compaction off (see open for the rest). It returns the mirror's
+// directory, which the caller removes once db closed.
 func (i *Ingester) openReadOnly() (db *tsdb.DB, sandbox string, err error) {
 	sandbox, err = os.MkdirTemp("", "census-read-only-tsdb-")
 	if err != nil {
@@ -292,7 +295,7 @@ func (i *Ingester) openReadOnly() (db *tsdb.DB, sandbox string, err error) {
 	}
 	i.logger.Warn("Storage volume full: opening the TSDB read-only, through a mirror whose writes go to the temporary directory",
 		"path", i.cfg.StoragePath, "mirror", sandbox)
-	db, err = i.open(sandbox, nil, newLimiter(i.cfg.Limits))
+	db, err = i.open(sandbox, true)
 	if err != nil {
 		return nil, "", err
 	}
@@ -318,7 +321,7 @@ func (i *Ingester) reopenForWrites(db *tsdb.DB, sandbox string) (*tsdb.DB, *runn
 		i.logger.Warn("Closing the read-only TSDB failed", "mirror", sandbox, "err", err)
 	}
 	i.limiter.enforce.Store(false)
-	db, err = i.open(i.cfg.StoragePath, i.tsdbReg, i.limiter)
+	db, err = i.open(i.cfg.StoragePath, false)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -388,10 +391,21 @@ func (i *Ingester) checkDisk(cause error) {
 	}
 }
 
-// open opens the TSDB in dir: the storage path, or its read-only mirror.
-// It is slow: most of it is the WAL replay. reg receives the TSDB's
-// metrics, and series counts the head's series for the limits.
-func (i *Ingester) open(dir string, reg prometheus.Registerer, series tsdb.SeriesLifecycleCallback) (*tsdb.DB, error) {
+// open opens the TSDB in dir: the storage path, or with readOnly its
+// mirror. It is slow: most of it is the WAL replay. A read-only TSDB
+// registers no metrics (the TSDB that replaces it registers them), counts
+// its series in a limiter of its own (that one counts them again), and
+// neither loads nor writes a head snapshot: the snapshot of its close
+// would go to the temporary directory, as big as the head's open chunks,
+// and the WAL and the head chunks hold everything without it.
+func (i *Ingester) open(dir string, readOnly bool) (*tsdb.DB, error) {
+	var (
+		reg    prometheus.Registerer        = i.tsdbReg
+		series tsdb.SeriesLifecycleCallback = i.limiter
+	)
+	if readOnly {
+		reg, series = nil, newLimiter(i.cfg.Limits)
+	}
 	opts := tsdb.DefaultOptions()
 	opts.RetentionDuration = i.cfg.Retention.Milliseconds()
 	opts.MaxBytes = int64(i.cfg.RetentionSize)
@@ -409,7 +423,7 @@ func (i *Ingester) open(dir string, reg prometheus.Registerer, series tsdb.Serie
 	opts.MaxExemplars = int64(i.cfg.MaxExemplars)
 	// A clean shutdown writes the head's chunks to a snapshot, so the next
 	// start loads it instead of replaying the whole WAL.
-	opts.EnableMemorySnapshotOnShutdown = true
+	opts.EnableMemorySnapshotOnShutdown = !readOnly
 	opts.SeriesLifecycleCallback = series
 
 	walDir := filepath.Join(dir, "wal")
