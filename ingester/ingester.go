@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -281,8 +282,19 @@ func (s *runningSyncer) close() {
 // compaction off (see open for the rest). It returns the mirror's
 // directory, which the caller removes once db closed.
 func (i *Ingester) openReadOnly() (db *tsdb.DB, sandbox string, err error) {
-	sandbox, err = os.MkdirTemp("", "census-read-only-tsdb-")
+	// One name per storage path, so that a read-only start after a crash
+	// of one removes the mirror the crashed process left behind.
+	abs, err := filepath.Abs(i.cfg.StoragePath)
 	if err != nil {
+		return nil, "", err
+	}
+	h := fnv.New64a()
+	_, _ = h.Write([]byte(abs))
+	sandbox = filepath.Join(os.TempDir(), fmt.Sprintf("census-read-only-tsdb-%016x", h.Sum64()))
+	if err := os.RemoveAll(sandbox); err != nil {
+		return nil, "", fmt.Errorf("remove the mirror of an earlier read-only start: %w", err)
+	}
+	if err := os.Mkdir(sandbox, 0o777); err != nil {
 		return nil, "", fmt.Errorf("create the directory of a read-only TSDB: %w", err)
 	}
 	defer func() {
