@@ -237,3 +237,78 @@ func listFiles(t *testing.T, dir string) map[string]int64 {
 	}))
 	return out
 }
+
+// TestCluster_FullIngesterIsAFailedReplica runs three ingesters at
+// replication factor 3, one of them on a 20 MiB volume filled below its
+// --storage.min-free-bytes: its refusals count as failed replicas, so the
+// other two make the quorum and pushes are acknowledged (2xx) and
+// queryable; once the volume has room it is sent pushes again.
+func TestCluster_FullIngesterIsAFailedReplica(t *testing.T) {
+	if testing.Short() {
+		t.Skip("multi-process test")
+	}
+	vol := mountSmallVolume(t, 20<<20)
+	ingesters := make([]*process, 3)
+	for i := range ingesters {
+		cfg := roleConfig{id: fmt.Sprintf("ingester-%d", i), rf: 3}
+		if i == 0 {
+			cfg.storage = filepath.Join(vol, "data")
+			cfg.flags = []string{"--storage.min-free-bytes=4MB"}
+		} else {
+			cfg.join = ingesters[0]
+		}
+		ingesters[i] = startRole(t, "ingester", cfg)
+	}
+	dist := startRole(t, "distributor", roleConfig{id: "distributor", join: ingesters[0], rf: 3})
+	q := startRole(t, "querier", roleConfig{id: "querier", join: ingesters[0], rf: 3})
+	for _, p := range append(ingesters[:], dist, q) {
+		p.waitReady(30 * time.Second)
+	}
+	for _, p := range []*process{dist, q} {
+		require.Eventually(t, func() bool {
+			st, err := ringStatus(p)
+			return err == nil && len(st) == 3
+		}, 30*time.Second, 100*time.Millisecond, "%s sees 3 ingesters", p.name)
+	}
+
+	filler := filepath.Join(vol, "filler")
+	fill(t, filler, 1<<20)
+	full := ingesters[0]
+	require.Eventually(t, func() bool {
+		code, body := readyAnswer(t, full)
+		return code == 503 && strings.Contains(body, "disk full")
+	}, 10*time.Second, 100*time.Millisecond, "%s does not report its full disk", full.name)
+
+	samples := func(result string) float64 {
+		t.Helper()
+		v, err := dist.metric("census_distributor_ingester_samples_total", "ingester", full.name, "result", result)
+		if err != nil {
+			return 0 // Not counted yet.
+		}
+		return v
+	}
+	sentBefore := samples("sent")
+	start := time.Now().Truncate(time.Second).UnixMilli()
+	job := labels.FromStrings("job", "replica")
+	for n := range 5 {
+		require.NoError(t, remoteWrite(t, dist.http, remoteapi.WriteV1MessageType, start+int64(n)*1000, map[string]float64{"replica_value": float64(n)}, job),
+			"push %d with one replica full", n)
+	}
+	got, _ := instantValues(t, q, `replica_value{job="replica"}`, "job", start+4000)
+	require.Equal(t, map[string]float64{"replica": 4}, got)
+	require.Equal(t, sentBefore, samples("sent"), "the full ingester acknowledged nothing")
+	require.Eventually(t, func() bool { return samples("failed")+samples("dropped") >= 5 }, 10*time.Second, 100*time.Millisecond,
+		"the full ingester's refusals are not counted as failed: failed %v, dropped %v", samples("failed"), samples("dropped"))
+	requireAlive(t, full)
+	t.Logf("%s: failed %v, dropped %v samples", full.name, samples("failed"), samples("dropped"))
+
+	require.NoError(t, os.Remove(filler))
+	full.waitReady(10 * time.Second)
+	require.NoError(t, remoteWrite(t, dist.http, remoteapi.WriteV1MessageType, start+5000, map[string]float64{"replica_value": 5}, job))
+	require.Eventually(t, func() bool { return samples("sent") > sentBefore }, 10*time.Second, 100*time.Millisecond,
+		"%s takes no pushes once it has room", full.name)
+
+	for _, p := range append(ingesters[:], dist, q) {
+		require.NoError(t, p.stop(30*time.Second))
+	}
+}
