@@ -70,6 +70,7 @@ func TestConfig(t *testing.T) {
 				c.Limits.MaxRequestBytes = 3 << 19
 			}),
 		},
+		{name: "min free bytes", args: []string{"--storage.min-free-bytes=1GB"}, want: defaults(func(c *ingester.Config) { c.MinFreeBytes = 1 << 30 })},
 		{name: "empty storage path", args: []string{"--storage.path="}, want: defaults(func(c *ingester.Config) { c.StoragePath = "" }), wantErr: "--storage.path must not be empty"},
 		{name: "zero retention", args: []string{"--storage.retention=0s"}, want: defaults(func(c *ingester.Config) { c.Retention = 0 }), wantErr: "--storage.retention must be positive, got 0s"},
 		{name: "negative limit", args: []string{"--ingester.max-series-per-metric=-1"}, want: defaults(func(c *ingester.Config) { c.Limits.MaxSeriesPerMetric = -1 }), wantErr: "--ingester.max-series-per-metric must not be negative, got -1"},
