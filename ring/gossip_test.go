@@ -1028,3 +1028,21 @@ func TestRing_SecretKey(t *testing.T) {
 		require.Empty(t, m.Instances())
 	}
 }
+
+// TestRing_UnwritableTokensFileDoesNotStopTheIngester: an ingester whose
+// tokens file cannot be written (a full disk) still joins and goes ACTIVE,
+// its tokens kept in the ring.
+func TestRing_UnwritableTokensFileDoesNotStopTheIngester(t *testing.T) {
+	dir := t.TempDir()
+	blocker := filepath.Join(dir, "not-a-dir")
+	require.NoError(t, os.WriteFile(blocker, nil, 0o644))
+	cfg := testConfig("ingester-a")
+	cfg.ReplicationFactor = 1
+	cfg.TokensFile = filepath.Join(blocker, "ring-tokens.json")
+	m := startMember(t, cfg, "127.0.0.1:9095")
+	require.Eventually(t, func() bool { return m.Ready() == nil }, waitFor, 10*time.Millisecond, "ready: %v", m.Ready())
+	insts := m.Instances()
+	require.Len(t, insts, 1)
+	require.Equal(t, ring.ACTIVE, insts[0].State)
+	require.Len(t, insts[0].Tokens, cfg.Tokens)
+}

@@ -2,7 +2,6 @@ package ring
 
 import (
 	"cmp"
-	"fmt"
 	"hash/fnv"
 	"maps"
 	"math/rand/v2"
@@ -351,11 +350,7 @@ func (r *Ring) settleJoin() (joining bool, err error) {
 		return false, nil
 	}
 
-	if r.cfg.TokensFile != "" {
-		if err := writeTokens(r.cfg.TokensFile, tokensFile{Tokens: tokens, RegisteredAt: self.RegisteredAt}); err != nil {
-			return false, fmt.Errorf("save the tokens of instance %q: %w", r.id, err)
-		}
-	}
+	r.saveTokens(tokens, self.RegisteredAt)
 	r.descMtx.Lock()
 	defer r.descMtx.Unlock()
 	if r.self.State != JOINING {

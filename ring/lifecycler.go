@@ -263,10 +263,8 @@ func (r *Ring) register() (joining bool, err error) {
 		}
 		self.Tokens = r.joiningTokens(r.snap.Load(), self)
 	}
-	if r.cfg.TokensFile != "" && !(from == "file" && slices.Equal(self.Tokens, prev.Tokens)) {
-		if err := writeTokens(r.cfg.TokensFile, tokensFile{Tokens: self.Tokens, RegisteredAt: self.RegisteredAt}); err != nil {
-			return false, fmt.Errorf("save the tokens of instance %q: %w", r.id, err)
-		}
+	if !(from == "file" && slices.Equal(self.Tokens, prev.Tokens)) {
+		r.saveTokens(self.Tokens, self.RegisteredAt)
 	}
 
 	r.descMtx.Lock()

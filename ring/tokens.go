@@ -394,6 +394,20 @@ func readTokens(path string) (tokensFile, error) {
 	return f, nil
 }
 
+// saveTokens writes the tokens file, if the ring has one. A failure (a
+// full disk) does not stop the ingester: its tokens are in the ring, where
+// a restart finds them while its entry lives; only a restart after that
+// chooses new tokens, which moves series but loses nothing, since reads ask
+// every ingester.
+func (r *Ring) saveTokens(tokens []uint32, registeredAt int64) {
+	if r.cfg.TokensFile == "" {
+		return
+	}
+	if err := writeTokens(r.cfg.TokensFile, tokensFile{Tokens: tokens, RegisteredAt: registeredAt}); err != nil {
+		r.logger.Warn("Could not save the ring tokens; they are kept in the ring", "file", r.cfg.TokensFile, "err", err)
+	}
+}
+
 // writeTokens saves tokens at path so that a later start sees either the
 // previous file or the complete new one, even after a crash mid-write:
 // write a temporary file beside it, sync, rename over, sync the directory.
