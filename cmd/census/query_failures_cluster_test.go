@@ -212,7 +212,9 @@ func TestCluster_QueryLimits(t *testing.T) {
 	}
 	qc := startQueryCluster(t)
 	q := qc.startQuerier(t, "querier",
-		"--query.max-series=5", "--query.max-chunks=30", "--query.max-samples=1000", "--query.timeout=3s")
+		"--query.max-series=5", "--query.max-chunks=30", "--query.max-samples=1000", "--query.timeout=3s",
+		// No hedging: the time case waits for a hung ingester until the timeout.
+		"--query.hedge-delay=0")
 	// The series limit alone: with the chunk limit too, the chunks of the
 	// ingesters' parallel streams may pass 30 before the merge has counted
 	// six series, and which limit answers would depend on timing.
