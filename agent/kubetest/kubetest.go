@@ -10,11 +10,13 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/go-logr/logr"
 	"github.com/stretchr/testify/require"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 )
 
 // Server is a running API server.
@@ -41,6 +43,9 @@ func Start(t testing.TB, crds ...*apiextensionsv1.CustomResourceDefinition) *Ser
 		}
 		t.Skip("KUBEBUILDER_ASSETS is not set; run the tests as KUBEBUILDER_ASSETS=$(scripts/kube-test-assets.sh) go test <packages>, from the repository's root")
 	}
+	// envtest logs through controller-runtime's logger, which otherwise
+	// prints a stack trace to say nobody set it.
+	ctrllog.SetLogger(logr.Discard())
 	env := &envtest.Environment{BinaryAssetsDirectory: assets, CRDs: crds}
 	cfg, err := env.Start()
 	require.NoError(t, err, "start kube-apiserver and etcd from %s", assets)
