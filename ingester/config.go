@@ -106,6 +106,9 @@ type Limits struct {
 	// cmd/census passes it to grpc.MaxRecvMsgSize; it cannot exceed
 	// censuspb.MaxMessageSize, the most any Census client sends.
 	MaxRequestBytes ByteSize
+	// MaxInflightPushes is the most pushes the ingester works on at once;
+	// 0 means no limit.
+	MaxInflightPushes int
 }
 
 // RegisterFlags registers the limits' flags, with their defaults, in fs.
@@ -113,6 +116,7 @@ func (l *Limits) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&l.MaxSeries, "ingester.max-series", 0, "Most series this ingester holds in memory; a push creating more is refused with ResourceExhausted. 0 derives it from the memory limit of the process (GOMEMLIMIT, else the cgroup limit, else physical memory): half of it at 8KiB per series.")
 	fs.IntVar(&l.MaxSeriesPerMetric, "ingester.max-series-per-metric", 0, "Most series of one metric name in this ingester. 0 means a fifth of --ingester.max-series.")
 	l.MaxRequestBytes = censuspb.MaxMessageSize
+	fs.IntVar(&l.MaxInflightPushes, "ingester.max-inflight-push-requests", 512, "Most pushes this ingester works on at once; more fail at once with Unavailable (the other replicas take them, or the sender retries later), so a flood of pushes cannot exhaust its memory or starve its queries. 0 means no limit.")
 	fs.Var(&l.MaxRequestBytes, "ingester.max-request-bytes", "Largest push request this ingester accepts, e.g. 16MB; larger ones fail with ResourceExhausted. At most 64MB, the largest message Census clients send.")
 }
 
@@ -124,6 +128,7 @@ func (l *Limits) Validate() error {
 	}{
 		{"--ingester.max-series", l.MaxSeries},
 		{"--ingester.max-series-per-metric", l.MaxSeriesPerMetric},
+		{"--ingester.max-inflight-push-requests", l.MaxInflightPushes},
 	} {
 		if f.value < 0 {
 			return fmt.Errorf("%s must not be negative, got %d", f.flag, f.value)

@@ -21,6 +21,8 @@ var (
 	errStopping = errors.New("ingester is stopping")
 	// errClosed is returned by requests that arrive after the TSDB closed.
 	errClosed = errors.New("ingester is closed")
+	// errTooManyPushes is a push over the in-flight limit.
+	errTooManyPushes = errors.New("too many pushes in flight")
 	// errInvalidMatchers wraps a matcher the TSDB cannot use, such as a
 	// regular expression that does not compile.
 	errInvalidMatchers = errors.New("invalid matchers")
@@ -173,7 +175,7 @@ func statusCode(err error) codes.Code {
 		return codes.InvalidArgument
 	case errors.As(err, &qe):
 		return codes.ResourceExhausted
-	case errors.Is(err, errStarting), errors.Is(err, errStopping), errors.Is(err, errClosed):
+	case errors.Is(err, errStarting), errors.Is(err, errStopping), errors.Is(err, errClosed), errors.Is(err, errTooManyPushes):
 		return codes.Unavailable
 	case errors.Is(err, context.Canceled):
 		return codes.Canceled

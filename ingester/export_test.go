@@ -44,3 +44,7 @@ func SetStatDisk(i *Ingester, stat func(path string) (free, total uint64, err er
 
 // DiskCheckInterval is how often an ingester reads its volume's free space.
 const DiskCheckInterval = diskCheckInterval
+
+// OccupyPushSlots counts n more pushes in flight (negative: fewer), as if
+// that many were being worked on.
+func (i *Ingester) OccupyPushSlots(n int64) { i.inflightPushes.Add(n) }

@@ -71,6 +71,9 @@ type Ingester struct {
 	// read-only, nil while pushes are taken. checkDisk sets and clears it;
 	// every push and Ready read it without a lock.
 	diskFull atomic.Pointer[diskFullError]
+	// inflightPushes counts the pushes being worked on, for
+	// --ingester.max-inflight-push-requests.
+	inflightPushes atomic.Int64
 	// readOnly is set while db is a read-only mirror of the storage path
 	// (mirrorStorage), opened because the volume was full at start.
 	readOnly atomic.Bool

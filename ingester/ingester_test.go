@@ -37,7 +37,8 @@ func TestConfig(t *testing.T) {
 			Retention:    model.Duration(15 * 24 * time.Hour),
 			MaxExemplars: 100_000,
 			Limits: ingester.Limits{
-				MaxRequestBytes: 64 << 20,
+				MaxRequestBytes:   64 << 20,
+				MaxInflightPushes: 512,
 			},
 		}
 		if change != nil {

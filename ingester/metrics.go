@@ -16,6 +16,7 @@ type metrics struct {
 	discardedSamples   *prometheus.CounterVec
 	discardedExemplars *prometheus.CounterVec
 	pushRequests       *prometheus.CounterVec
+	throttledPushes    prometheus.Counter
 	streamSeriesSent   prometheus.Counter
 	walFsyncDuration   prometheus.Histogram
 	seriesLimit        prometheus.Gauge
@@ -68,6 +69,10 @@ func newMetrics(reg prometheus.Registerer, db func() *tsdb.DB) *metrics {
 			Name: "census_ingester_push_requests_total",
 			Help: "Push requests by the gRPC status code they returned.",
 		}, []string{"code"}),
+		throttledPushes: f.NewCounter(prometheus.CounterOpts{
+			Name: "census_ingester_throttled_pushes_total",
+			Help: "Pushes refused with Unavailable because the ingester already worked on --ingester.max-inflight-push-requests of them.",
+		}),
 		streamSeriesSent: f.NewCounter(prometheus.CounterOpts{
 			Name: "census_ingester_query_stream_series_sent_total",
 			Help: "Series sent by QueryStream.",

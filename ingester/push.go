@@ -60,6 +60,14 @@ func (i *Ingester) pushWith(ctx context.Context, each func(st *pushState) error)
 	if e := i.diskFull.Load(); e != nil {
 		return e
 	}
+	if limit := int64(i.cfg.Limits.MaxInflightPushes); limit > 0 {
+		n := i.inflightPushes.Add(1)
+		defer i.inflightPushes.Add(-1)
+		if n > limit {
+			i.metrics.throttledPushes.Inc()
+			return fmt.Errorf("%w: the ingester works on at most %d pushes at once (--ingester.max-inflight-push-requests)", errTooManyPushes, limit)
+		}
+	}
 	db, err := i.acquire()
 	if err != nil {
 		return err

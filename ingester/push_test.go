@@ -365,3 +365,27 @@ func TestIngester_MaxRequestBytes(t *testing.T) {
 	require.Contains(t, status.Convert(err).Message(), "vs. 4096")
 	push(t, ti.client, batch[:10]...)
 }
+
+// TestIngester_InflightPushLimit: a push over --ingester.max-inflight-push-requests
+// fails at once with Unavailable naming the flag, and is counted; queries
+// are not limited; once pushes end, pushes are taken again.
+func TestIngester_InflightPushLimit(t *testing.T) {
+	cfg := testConfig(t.TempDir())
+	cfg.Limits.MaxInflightPushes = 2
+	ti := startIngesterWith(t, cfg)
+	ti.ing.OccupyPushSlots(2)
+	_, err := ti.client.Push(context.Background(), &censuspb.PushRequest{Series: []*censuspb.TimeSeries{series(pairs("__name__", "up"), sample{T: 1000, V: 1})}})
+	require.Equal(t, codes.Unavailable, status.Code(err), "error: %v", err)
+	require.Contains(t, status.Convert(err).Message(), "at most 2 pushes at once (--ingester.max-inflight-push-requests)")
+	require.NoError(t, testutil.GatherAndCompare(ti.reg, strings.NewReader(`
+# HELP census_ingester_throttled_pushes_total Pushes refused with Unavailable because the ingester already worked on --ingester.max-inflight-push-requests of them.
+# TYPE census_ingester_throttled_pushes_total counter
+census_ingester_throttled_pushes_total 1
+`), "census_ingester_throttled_pushes_total"))
+	_, err = ti.client.LabelNames(context.Background(), &censuspb.LabelNamesRequest{EndMs: 10_000})
+	require.NoError(t, err, "queries are not limited")
+
+	ti.ing.OccupyPushSlots(-2)
+	push(t, ti.client, series(pairs("__name__", "up"), sample{T: 1000, V: 1}))
+	require.Len(t, storedSamples(t, ti, "up", 10_000), 1)
+}
