@@ -136,7 +136,10 @@ func NewAPI(cfg Config, q storage.SampleAndChunkQueryable, build BuildInfo, logg
 		FeatureRegistry:      featureRegistry,
 		Parser:               promqlParser,
 	})
-	queryEngine := &shapeEngine{engine: engine, maxPoints: int64(cfg.MaxPoints), subqueryStep: noStepSubqueryInterval}
+	queryEngine := &shapeEngine{engine: engine, maxPoints: int64(cfg.MaxPoints), subqueryStep: noStepSubqueryInterval, waitFor: cfg.Timeout}
+	if cfg.MaxConcurrency > 0 {
+		queryEngine.slots = make(chan struct{}, cfg.MaxConcurrency)
+	}
 
 	started := time.Now()
 	cwd, _ := os.Getwd() // Informational only, as in Prometheus.

@@ -29,6 +29,9 @@ type Config struct {
 	LookbackDelta time.Duration
 	// HedgeDelay is the Queryable's HedgeDelay.
 	HedgeDelay time.Duration
+	// MaxConcurrency is the most queries evaluated at once; more wait, up
+	// to Timeout. 0 means no limit.
+	MaxConcurrency int
 	// MaxLength is the longest query text, in bytes, the API parses. 0
 	// means no limit.
 	MaxLength int
@@ -64,6 +67,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	// chunks: about 1 GB of chunks at most.
 	fs.IntVar(&c.MaxChunks, "query.max-chunks", 10000000, "Maximum number of chunks a single query may fetch from the ingesters, counting every replica's copy. A query over the limit fails. 0 means no limit.")
 	fs.DurationVar(&c.LookbackDelta, "query.lookback-delta", 5*time.Minute, "How far back an instant vector selector looks for the latest sample of a series.")
+	fs.IntVar(&c.MaxConcurrency, "query.max-concurrency", 20, "Maximum number of queries evaluated at once, as Prometheus' flag of that name; more wait for a slot, up to --query.timeout. 0 means no limit.")
 	fs.DurationVar(&c.HedgeDelay, "query.hedge-delay", DefaultHedgeDelay, "How long a read waits for the last ingesters once the others answered with a read quorum (RF-RF/2 replicas) of every series; the answer is complete without them, and names them in a warning. 0 waits for every ingester.")
 	// Dashboards' queries are a few kilobytes; a Grafana variable set to
 	// "All" over a thousand instances makes a regular expression of some
@@ -99,6 +103,8 @@ func (c *Config) Validate() error {
 		return errors.New("--query.max-chunks must not be negative")
 	case c.LookbackDelta <= 0:
 		return errors.New("--query.lookback-delta must be positive")
+	case c.MaxConcurrency < 0:
+		return errors.New("--query.max-concurrency must not be negative")
 	case c.HedgeDelay < 0:
 		return errors.New("--query.hedge-delay must not be negative")
 	case c.MaxLength < 0:

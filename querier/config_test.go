@@ -18,12 +18,12 @@ func TestConfig_RegisterFlags(t *testing.T) {
 	}{
 		{
 			name: "defaults",
-			want: querier.Config{Timeout: 2 * time.Minute, MaxSamples: 50000000, MaxSeries: 1000000, MaxChunks: 10000000, LookbackDelta: 5 * time.Minute, HedgeDelay: 2 * time.Second, MaxLength: 256 << 10, MaxDepth: 200, MaxPoints: 10000000},
+			want: querier.Config{Timeout: 2 * time.Minute, MaxSamples: 50000000, MaxSeries: 1000000, MaxChunks: 10000000, LookbackDelta: 5 * time.Minute, HedgeDelay: 2 * time.Second, MaxConcurrency: 20, MaxLength: 256 << 10, MaxDepth: 200, MaxPoints: 10000000},
 		},
 		{
 			name: "set",
-			args: []string{"--query.timeout=30s", "--query.max-samples=1000", "--query.max-series=10", "--query.max-chunks=0", "--query.lookback-delta=1m", "--query.hedge-delay=100ms", "--query.max-length=1024", "--query.max-depth=0", "--query.max-points=11000"},
-			want: querier.Config{Timeout: 30 * time.Second, MaxSamples: 1000, MaxSeries: 10, LookbackDelta: time.Minute, HedgeDelay: 100 * time.Millisecond, MaxLength: 1024, MaxPoints: 11000},
+			args: []string{"--query.timeout=30s", "--query.max-samples=1000", "--query.max-series=10", "--query.max-chunks=0", "--query.lookback-delta=1m", "--query.hedge-delay=100ms", "--query.max-concurrency=4", "--query.max-length=1024", "--query.max-depth=0", "--query.max-points=11000"},
+			want: querier.Config{Timeout: 30 * time.Second, MaxSamples: 1000, MaxSeries: 10, LookbackDelta: time.Minute, HedgeDelay: 100 * time.Millisecond, MaxConcurrency: 4, MaxLength: 1024, MaxPoints: 11000},
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -49,6 +49,7 @@ func TestConfig_Validate(t *testing.T) {
 		{name: "negative max series", modify: func(c *querier.Config) { c.MaxSeries = -1 }, wantErr: "--query.max-series"},
 		{name: "negative max chunks", modify: func(c *querier.Config) { c.MaxChunks = -1 }, wantErr: "--query.max-chunks"},
 		{name: "zero lookback delta", modify: func(c *querier.Config) { c.LookbackDelta = 0 }, wantErr: "--query.lookback-delta"},
+		{name: "negative concurrency", modify: func(c *querier.Config) { c.MaxConcurrency = -1 }, wantErr: "--query.max-concurrency must not be negative"},
 		{name: "negative hedge delay", modify: func(c *querier.Config) { c.HedgeDelay = -time.Second }, wantErr: "--query.hedge-delay must not be negative"},
 		{name: "negative max length", modify: func(c *querier.Config) { c.MaxLength = -1 }, wantErr: "--query.max-length"},
 		{name: "negative max depth", modify: func(c *querier.Config) { c.MaxDepth = -1 }, wantErr: "--query.max-depth"},

@@ -178,6 +178,11 @@ func nestingDepth(input string) int {
 type shapeEngine struct {
 	engine    promql.QueryEngine
 	maxPoints int64 // 0: no limit
+	// slots holds a token per query being evaluated, at most
+	// --query.max-concurrency; nil: no limit. waitFor bounds the wait for
+	// one (--query.timeout).
+	slots   chan struct{}
+	waitFor time.Duration
 	// subqueryStep is the step of a subquery written without one, in
 	// milliseconds, as the engine takes it.
 	subqueryStep int64
@@ -206,17 +211,41 @@ func (e *shapeEngine) NewRangeQuery(ctx context.Context, q storage.Queryable, op
 // answers an error of Exec with 422 "execution", and one of the query's
 // construction with 400 "bad_data".
 func (e *shapeEngine) check(qry promql.Query) promql.Query {
-	if e.maxPoints <= 0 {
-		return qry
+	if e.maxPoints > 0 {
+		if stmt, ok := qry.Statement().(*parser.EvalStmt); ok {
+			if points := queryPoints(stmt, e.subqueryStep, e.maxPoints); points > e.maxPoints {
+				return &refusedQuery{Query: qry, err: &QueryShapeError{Flag: maxPointsFlag, Limit: e.maxPoints, Got: points}}
+			}
+		}
 	}
-	stmt, ok := qry.Statement().(*parser.EvalStmt)
-	if !ok {
-		return qry
-	}
-	if points := queryPoints(stmt, e.subqueryStep, e.maxPoints); points > e.maxPoints {
-		return &refusedQuery{Query: qry, err: &QueryShapeError{Flag: maxPointsFlag, Limit: e.maxPoints, Got: points}}
+	if e.slots != nil {
+		return &queuedQuery{Query: qry, e: e}
 	}
 	return qry
+}
+
+// queuedQuery is a query that waits for one of the engine's slots before
+// it evaluates, as Prometheus' --query.max-concurrency queues queries: a
+// flood of queries shares the cores instead of each getting a sliver.
+type queuedQuery struct {
+	promql.Query
+	e *shapeEngine
+}
+
+// Exec implements promql.Query.
+func (q *queuedQuery) Exec(ctx context.Context) *promql.Result {
+	wait, cancel := context.WithTimeout(ctx, q.e.waitFor)
+	defer cancel()
+	select {
+	case q.e.slots <- struct{}{}:
+	case <-wait.Done():
+		if errors.Is(ctx.Err(), context.Canceled) {
+			return &promql.Result{Err: promql.ErrQueryCanceled("waiting for a query slot")}
+		}
+		return &promql.Result{Err: promql.ErrQueryTimeout("waiting for one of the --query.max-concurrency query slots")}
+	}
+	defer func() { <-q.e.slots }()
+	return q.Query.Exec(ctx)
 }
 
 // refusedQuery is a query refused before evaluation: Exec returns err.

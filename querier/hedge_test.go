@@ -1,7 +1,9 @@
 package querier_test
 
 import (
+	"context"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"testing"
 	"time"
@@ -62,4 +64,34 @@ func TestAPI_HedgesAHungIngesterOnLabelsAndSeries(t *testing.T) {
 		require.Contains(t, got.Warnings[0], "no answer within the hedge delay", path)
 	}
 	require.Eventually(t, func() bool { return c.ingesters[1].canceledCalls.Load() == 3 }, 10*time.Second, 10*time.Millisecond)
+}
+
+// TestAPI_MaxConcurrency: beyond --query.max-concurrency a query waits for
+// a slot, and one that gets none within its timeout times out saying so.
+func TestAPI_MaxConcurrency(t *testing.T) {
+	c := newCluster(t, 1, dbWith(t, testData()))
+	c.ingesters[0].holdBeforeSending.Store(true)
+	cfg := testConfig
+	cfg.Timeout = time.Minute
+	cfg.MaxConcurrency = 1
+	h, _ := newAPIWithConfig(t, cfg, c.queryable)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	first := make(chan struct{})
+	go func() {
+		defer close(first)
+		req := httptest.NewRequestWithContext(ctx, http.MethodGet, "/api/v1/query?query=http_requests_total&time=1800", nil)
+		h.ServeHTTP(httptest.NewRecorder(), req)
+	}()
+	// The first query holds the only slot, waiting on the ingester.
+	require.Eventually(t, func() bool { return c.ingesters[0].openStreams.Load() == 1 }, 10*time.Second, 5*time.Millisecond)
+	code, body := call(t, h, http.MethodGet, "/api/v1/query", url.Values{"query": {`http_requests_total`}, "time": {"1800"}, "timeout": {"200ms"}})
+	require.Equal(t, http.StatusServiceUnavailable, code, "body: %s", body)
+	resp := decode(t, body)
+	require.Equal(t, "timeout", resp.ErrorType)
+	require.Contains(t, resp.Error, "--query.max-concurrency")
+	require.Equal(t, int64(1), c.ingesters[0].openStreams.Load(), "the second query never reached the ingester")
+	cancel()
+	<-first
 }
