@@ -109,6 +109,9 @@ type Limits struct {
 	// MaxInflightPushes is the most pushes the ingester works on at once;
 	// 0 means no limit.
 	MaxInflightPushes int
+	// MaxInflightPushBytes bounds the request bytes of the pushes worked
+	// on at once; 0 means no limit.
+	MaxInflightPushBytes ByteSize
 }
 
 // RegisterFlags registers the limits' flags, with their defaults, in fs.
@@ -117,6 +120,8 @@ func (l *Limits) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&l.MaxSeriesPerMetric, "ingester.max-series-per-metric", 0, "Most series of one metric name in this ingester. 0 means a fifth of --ingester.max-series.")
 	l.MaxRequestBytes = censuspb.MaxMessageSize
 	fs.IntVar(&l.MaxInflightPushes, "ingester.max-inflight-push-requests", 512, "Most pushes this ingester works on at once; more fail at once with Unavailable (the other replicas take them, or the sender retries later), so a flood of pushes cannot exhaust its memory or starve its queries. 0 means no limit.")
+	l.MaxInflightPushBytes = 512 << 20
+	fs.Var(&l.MaxInflightPushBytes, "ingester.max-inflight-push-bytes", "Most request bytes of the pushes this ingester works on at once, e.g. 512MB; more fail at once with Unavailable. 0 means no limit.")
 	fs.Var(&l.MaxRequestBytes, "ingester.max-request-bytes", "Largest push request this ingester accepts, e.g. 16MB; larger ones fail with ResourceExhausted. At most 64MB, the largest message Census clients send.")
 }
 
@@ -133,6 +138,9 @@ func (l *Limits) Validate() error {
 		if f.value < 0 {
 			return fmt.Errorf("%s must not be negative, got %d", f.flag, f.value)
 		}
+	}
+	if l.MaxInflightPushBytes < 0 {
+		return fmt.Errorf("--ingester.max-inflight-push-bytes must not be negative, got %s", l.MaxInflightPushBytes)
 	}
 	if l.MaxRequestBytes < 1024 || l.MaxRequestBytes > censuspb.MaxMessageSize {
 		return fmt.Errorf("--ingester.max-request-bytes must be between 1KB and %s, got %s", ByteSize(censuspb.MaxMessageSize), l.MaxRequestBytes)

@@ -86,6 +86,17 @@ func (r *encodedRequest) Unmarshal(b []byte) error {
 
 // pushEncoded is Push for a request in its wire form.
 func (i *Ingester) pushEncoded(ctx context.Context, req []byte) (*censuspb.PushResponse, error) {
+	if limit := int64(i.cfg.Limits.MaxInflightPushBytes); limit > 0 {
+		size := int64(len(req))
+		n := i.inflightPushBytes.Add(size)
+		defer i.inflightPushBytes.Add(-size)
+		// A push larger than the limit is taken when it is alone, so
+		// that the limit never refuses a push for good.
+		if n > limit && n != size {
+			i.metrics.throttledPushes.Inc()
+			return i.pushResult(fmt.Errorf("%w: the ingester works on at most %s of pushes at once (--ingester.max-inflight-push-bytes)", errTooManyPushes, i.cfg.Limits.MaxInflightPushBytes))
+		}
+	}
 	err := i.pushWith(ctx, func(st *pushState) error { return st.wire.Decode(req, st.add) })
 	return i.pushResult(err)
 }

@@ -48,3 +48,6 @@ const DiskCheckInterval = diskCheckInterval
 // OccupyPushSlots counts n more pushes in flight (negative: fewer), as if
 // that many were being worked on.
 func (i *Ingester) OccupyPushSlots(n int64) { i.inflightPushes.Add(n) }
+
+// OccupyPushBytes counts n more request bytes in flight (negative: fewer).
+func (i *Ingester) OccupyPushBytes(n int64) { i.inflightPushBytes.Add(n) }

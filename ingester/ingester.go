@@ -74,6 +74,9 @@ type Ingester struct {
 	// inflightPushes counts the pushes being worked on, for
 	// --ingester.max-inflight-push-requests.
 	inflightPushes atomic.Int64
+	// inflightPushBytes sums the request sizes of the pushes being worked
+	// on, for --ingester.max-inflight-push-bytes.
+	inflightPushBytes atomic.Int64
 	// readOnly is set while db is a read-only mirror of the storage path
 	// (mirrorStorage), opened because the volume was full at start.
 	readOnly atomic.Bool

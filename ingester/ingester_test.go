@@ -37,8 +37,9 @@ func TestConfig(t *testing.T) {
 			Retention:    model.Duration(15 * 24 * time.Hour),
 			MaxExemplars: 100_000,
 			Limits: ingester.Limits{
-				MaxRequestBytes:   64 << 20,
-				MaxInflightPushes: 512,
+				MaxRequestBytes:      64 << 20,
+				MaxInflightPushes:    512,
+				MaxInflightPushBytes: 512 << 20,
 			},
 		}
 		if change != nil {

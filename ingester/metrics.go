@@ -71,7 +71,7 @@ func newMetrics(reg prometheus.Registerer, db func() *tsdb.DB) *metrics {
 		}, []string{"code"}),
 		throttledPushes: f.NewCounter(prometheus.CounterOpts{
 			Name: "census_ingester_throttled_pushes_total",
-			Help: "Pushes refused with Unavailable because the ingester already worked on --ingester.max-inflight-push-requests of them.",
+			Help: "Pushes refused with Unavailable because the ingester already worked on --ingester.max-inflight-push-requests of them, or --ingester.max-inflight-push-bytes.",
 		}),
 		streamSeriesSent: f.NewCounter(prometheus.CounterOpts{
 			Name: "census_ingester_query_stream_series_sent_total",

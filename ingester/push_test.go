@@ -378,7 +378,7 @@ func TestIngester_InflightPushLimit(t *testing.T) {
 	require.Equal(t, codes.Unavailable, status.Code(err), "error: %v", err)
 	require.Contains(t, status.Convert(err).Message(), "at most 2 pushes at once (--ingester.max-inflight-push-requests)")
 	require.NoError(t, testutil.GatherAndCompare(ti.reg, strings.NewReader(`
-# HELP census_ingester_throttled_pushes_total Pushes refused with Unavailable because the ingester already worked on --ingester.max-inflight-push-requests of them.
+# HELP census_ingester_throttled_pushes_total Pushes refused with Unavailable because the ingester already worked on --ingester.max-inflight-push-requests of them, or --ingester.max-inflight-push-bytes.
 # TYPE census_ingester_throttled_pushes_total counter
 census_ingester_throttled_pushes_total 1
 `), "census_ingester_throttled_pushes_total"))
@@ -388,4 +388,22 @@ census_ingester_throttled_pushes_total 1
 	ti.ing.OccupyPushSlots(-2)
 	push(t, ti.client, series(pairs("__name__", "up"), sample{T: 1000, V: 1}))
 	require.Len(t, storedSamples(t, ti, "up", 10_000), 1)
+}
+
+// TestIngester_InflightPushBytesLimit: a push that would take the request
+// bytes in flight past --ingester.max-inflight-push-bytes fails at once;
+// one alone is taken whatever its size.
+func TestIngester_InflightPushBytesLimit(t *testing.T) {
+	cfg := testConfig(t.TempDir())
+	cfg.Limits.MaxInflightPushBytes = 16
+	ti := startIngesterWith(t, cfg)
+	req := &censuspb.PushRequest{Series: []*censuspb.TimeSeries{series(pairs("__name__", "up", "job", "a-job-with-a-long-name"), sample{T: 1000, V: 1})}}
+	push(t, ti.client, req.Series...) // Larger than the limit, but alone.
+
+	ti.ing.OccupyPushBytes(1)
+	_, err := ti.client.Push(context.Background(), req)
+	require.Equal(t, codes.Unavailable, status.Code(err), "error: %v", err)
+	require.Contains(t, status.Convert(err).Message(), "at most 16B of pushes at once (--ingester.max-inflight-push-bytes)")
+	ti.ing.OccupyPushBytes(-1)
+	push(t, ti.client, req.Series...)
 }
