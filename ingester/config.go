@@ -112,6 +112,9 @@ type Limits struct {
 	// MaxInflightPushBytes bounds the request bytes of the pushes worked
 	// on at once; 0 means no limit.
 	MaxInflightPushBytes ByteSize
+	// MaxConcurrentAppends is the most pushes appending at once; 0 means
+	// twice GOMAXPROCS, -1 no limit.
+	MaxConcurrentAppends int
 }
 
 // RegisterFlags registers the limits' flags, with their defaults, in fs.
@@ -120,6 +123,7 @@ func (l *Limits) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&l.MaxSeriesPerMetric, "ingester.max-series-per-metric", 0, "Most series of one metric name in this ingester. 0 means a fifth of --ingester.max-series.")
 	l.MaxRequestBytes = censuspb.MaxMessageSize
 	fs.IntVar(&l.MaxInflightPushes, "ingester.max-inflight-push-requests", 512, "Most pushes this ingester works on at once; more fail at once with Unavailable (the other replicas take them, or the sender retries later), so a flood of pushes cannot exhaust its memory or starve its queries. 0 means no limit.")
+	fs.IntVar(&l.MaxConcurrentAppends, "ingester.max-concurrent-appends", 0, "Most pushes appending to the TSDB at once, the CPU-bound part of a push; more wait (up to 1s, then fail with Unavailable), so that a flood of pushes leaves CPU to queries. The WAL fsync after it is not limited. 0 means twice the number of CPUs Go uses (GOMAXPROCS); -1 means no limit.")
 	l.MaxInflightPushBytes = 512 << 20
 	fs.Var(&l.MaxInflightPushBytes, "ingester.max-inflight-push-bytes", "Most request bytes of the pushes this ingester works on at once, e.g. 512MB; more fail at once with Unavailable. 0 means no limit.")
 	fs.Var(&l.MaxRequestBytes, "ingester.max-request-bytes", "Largest push request this ingester accepts, e.g. 16MB; larger ones fail with ResourceExhausted. At most 64MB, the largest message Census clients send.")
@@ -138,6 +142,9 @@ func (l *Limits) Validate() error {
 		if f.value < 0 {
 			return fmt.Errorf("%s must not be negative, got %d", f.flag, f.value)
 		}
+	}
+	if l.MaxConcurrentAppends < -1 {
+		return fmt.Errorf("--ingester.max-concurrent-appends must be -1 (no limit) or more, got %d", l.MaxConcurrentAppends)
 	}
 	if l.MaxInflightPushBytes < 0 {
 		return fmt.Errorf("--ingester.max-inflight-push-bytes must not be negative, got %s", l.MaxInflightPushBytes)

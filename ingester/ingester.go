@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -77,6 +78,9 @@ type Ingester struct {
 	// inflightPushBytes sums the request sizes of the pushes being worked
 	// on, for --ingester.max-inflight-push-bytes.
 	inflightPushBytes atomic.Int64
+	// appendSlots holds a token per push appending (appendPush); nil: no
+	// limit.
+	appendSlots chan struct{}
 	// readOnly is set while db is a read-only mirror of the storage path
 	// (mirrorStorage), opened because the volume was full at start.
 	readOnly atomic.Bool
@@ -122,6 +126,12 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Ingester,
 		metadata: newMetadataStore(),
 		statDisk: statDisk,
 		reopenc:  make(chan struct{}, 1),
+	}
+	switch n := cfg.Limits.MaxConcurrentAppends; {
+	case n == 0:
+		i.appendSlots = make(chan struct{}, 2*runtime.GOMAXPROCS(0))
+	case n > 0:
+		i.appendSlots = make(chan struct{}, n)
 	}
 	i.walSegments.Store(-1)
 	i.metrics = newMetrics(reg, i.openDB.Load)

@@ -77,21 +77,9 @@ func (i *Ingester) pushWith(ctx context.Context, each func(st *pushState) error)
 	st := i.getPushState(ctx, db)
 	defer i.putPushState(st)
 
-	if err := each(st); err != nil {
-		if rbErr := st.app.Rollback(); rbErr != nil {
-			err = errors.Join(err, fmt.Errorf("roll back push: %w", rbErr))
-		}
+	if err := i.appendPush(ctx, st, each); err != nil {
 		return err
 	}
-	// Commit writes the batch to the WAL file before it returns, so once
-	// it has, the batch survives a crash of this process; the syncer makes
-	// it survive a crash of the machine.
-	if err := st.app.Commit(); err != nil {
-		return fmt.Errorf("commit push of %d samples: %w", st.appended, i.noSpace(err))
-	}
-	// Before the fsync, so that the fsync covers every stored sample a
-	// refusal turns out to repeat.
-	st.resolveRefusals(ctx)
 	if i.syncer != nil {
 		if err := i.syncer.sync(ctx); err != nil {
 			return fmt.Errorf("fsync WAL after committing %d samples: %w", st.appended, i.noSpace(err))
@@ -169,6 +157,51 @@ type pushState struct {
 	exemplarsDiscarded map[string]int
 	meta               []familyMetadata     // Metadata seen, for i.metadata.
 	wire               censuspb.PushDecoder // The series being decoded, for registerService's Push.
+}
+
+// appendWait is how long a push waits for an append slot before it is
+// refused as overload: long enough to ride out a burst, short enough that a
+// sender backs off rather than queueing on a saturated ingester.
+const appendWait = time.Second
+
+// appendPush decodes and appends a push's series (each) and commits them,
+// holding one of the ingester's append slots: the CPU-bound part of a
+// push. At most --ingester.max-concurrent-appends pushes append at once, so
+// a flood of pushes queues here, using no CPU, instead of taking every
+// core from queries; the fsync after it needs no slot, so concurrent
+// pushes still share fsyncs. A push that gets no slot within appendWait is
+// refused with Unavailable.
+func (i *Ingester) appendPush(ctx context.Context, st *pushState, each func(st *pushState) error) error {
+	if i.appendSlots != nil {
+		wait := time.NewTimer(appendWait)
+		select {
+		case i.appendSlots <- struct{}{}:
+			wait.Stop()
+		case <-wait.C:
+			i.metrics.throttledPushes.Inc()
+			return fmt.Errorf("%w: no append slot within %s; the ingester appends at most %d pushes at once (--ingester.max-concurrent-appends)", errTooManyPushes, appendWait, cap(i.appendSlots))
+		case <-ctx.Done():
+			wait.Stop()
+			return ctx.Err()
+		}
+		defer func() { <-i.appendSlots }()
+	}
+	if err := each(st); err != nil {
+		if rbErr := st.app.Rollback(); rbErr != nil {
+			err = errors.Join(err, fmt.Errorf("roll back push: %w", rbErr))
+		}
+		return err
+	}
+	// Commit writes the batch to the WAL file before it returns, so once
+	// it has, the batch survives a crash of this process; the syncer makes
+	// it survive a crash of the machine.
+	if err := st.app.Commit(); err != nil {
+		return fmt.Errorf("commit push of %d samples: %w", st.appended, i.noSpace(err))
+	}
+	// Before the fsync, so that the fsync covers every stored sample a
+	// refusal turns out to repeat.
+	st.resolveRefusals(ctx)
+	return nil
 }
 
 // sample is one float or native histogram sample.
