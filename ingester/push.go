@@ -173,16 +173,8 @@ const appendWait = time.Second
 // refused with Unavailable.
 func (i *Ingester) appendPush(ctx context.Context, st *pushState, each func(st *pushState) error) error {
 	if i.appendSlots != nil {
-		wait := time.NewTimer(appendWait)
-		select {
-		case i.appendSlots <- struct{}{}:
-			wait.Stop()
-		case <-wait.C:
-			i.metrics.throttledPushes.Inc()
-			return fmt.Errorf("%w: no append slot within %s; the ingester appends at most %d pushes at once (--ingester.max-concurrent-appends)", errTooManyPushes, appendWait, cap(i.appendSlots))
-		case <-ctx.Done():
-			wait.Stop()
-			return ctx.Err()
+		if err := i.waitAppendSlot(ctx); err != nil {
+			return err
 		}
 		defer func() { <-i.appendSlots }()
 	}
@@ -202,6 +194,27 @@ func (i *Ingester) appendPush(ctx context.Context, st *pushState, each func(st *
 	// refusal turns out to repeat.
 	st.resolveRefusals(ctx)
 	return nil
+}
+
+// waitAppendSlot takes an append slot, waiting up to appendWait. A free
+// slot costs no timer: most pushes find one.
+func (i *Ingester) waitAppendSlot(ctx context.Context) error {
+	select {
+	case i.appendSlots <- struct{}{}:
+		return nil
+	default:
+	}
+	wait := time.NewTimer(appendWait)
+	defer wait.Stop()
+	select {
+	case i.appendSlots <- struct{}{}:
+		return nil
+	case <-wait.C:
+		i.metrics.throttledPushes.Inc()
+		return fmt.Errorf("%w: no append slot within %s; the ingester appends at most %d pushes at once (--ingester.max-concurrent-appends)", errTooManyPushes, appendWait, cap(i.appendSlots))
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // sample is one float or native histogram sample.

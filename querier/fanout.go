@@ -290,8 +290,21 @@ func fanOut[T any](ctx context.Context, q *Queryable, op string, fn func(context
 			results[i] = res
 		}()
 	}
-	// Wait for every call, or, once the answers hold a read quorum of
-	// every series, for the hedge delay; then end the rest.
+	for range hedge(done, instances, cancels, fails, q.HedgeDelay) {
+		<-done
+	}
+	for _, cancel := range cancels {
+		cancel(nil)
+	}
+	return results, fails
+}
+
+// hedge waits for the calls to instances, which report their index on done
+// as they end: for all of them, or, once the ended ones leave fails
+// tolerating the rest (a read quorum of every series answered), for delay
+// more; 0 waits for all. Then it ends the calls still pending with
+// errHedged, and returns how many are, whose ends are still to come on done.
+func hedge(done <-chan int, instances []ring.InstanceDesc, cancels []context.CancelCauseFunc, fails *failures, delay time.Duration) int {
 	pending := make(map[int]bool, len(instances))
 	for i := range instances {
 		pending[i] = true
@@ -301,8 +314,8 @@ func fanOut[T any](ctx context.Context, q *Queryable, op string, fn func(context
 		select {
 		case i := <-done:
 			delete(pending, i)
-			if hedged == nil && q.HedgeDelay > 0 && len(pending) > 0 && fails.toleratesAlso(pendingOf(instances, pending)) {
-				t := time.NewTimer(q.HedgeDelay)
+			if hedged == nil && delay > 0 && len(pending) > 0 && fails.toleratesAlso(pendingOf(instances, pending)) {
+				t := time.NewTimer(delay)
 				defer t.Stop()
 				hedged = t.C
 			}
@@ -310,16 +323,10 @@ func fanOut[T any](ctx context.Context, q *Queryable, op string, fn func(context
 			for i := range pending {
 				cancels[i](errHedged)
 			}
-			for range pending {
-				<-done
-			}
-			clear(pending)
+			return len(pending)
 		}
 	}
-	for _, cancel := range cancels {
-		cancel(nil)
-	}
-	return results, fails
+	return 0
 }
 
 // pendingOf returns the instances at the indexes in pending.

@@ -212,7 +212,7 @@ func (r *reader) open(ctx context.Context, hints *storage.SelectHints, matchers 
 // only the hedge delay for the others, then ends them with errHedged: a
 // hung ingester does not hold a query whose answer is complete without it.
 func (st *streams) live() []*ingesterStream {
-	st.hedgeOnce.Do(st.hedge)
+	st.hedgeOnce.Do(func() { hedge(st.openedc, st.instances, st.cancels, st.fails, st.hedgeDelay) })
 	st.opened.Wait()
 	live := make([]*ingesterStream, 0, len(st.all))
 	for _, s := range st.all {
@@ -221,34 +221,6 @@ func (st *streams) live() []*ingesterStream {
 		}
 	}
 	return live
-}
-
-// hedge waits until every stream opened, or until the hedge delay after
-// the opened ones came to hold a read quorum of every series; then it ends
-// the streams still opening with errHedged, which count as failed
-// ingesters the replicas cover.
-func (st *streams) hedge() {
-	pending := make(map[int]bool, len(st.instances))
-	for i := range st.instances {
-		pending[i] = true
-	}
-	var hedged <-chan time.Time
-	for len(pending) > 0 {
-		select {
-		case i := <-st.openedc:
-			delete(pending, i)
-			if hedged == nil && st.hedgeDelay > 0 && len(pending) > 0 && st.fails.toleratesAlso(pendingOf(st.instances, pending)) {
-				t := time.NewTimer(st.hedgeDelay)
-				defer t.Stop()
-				hedged = t.C
-			}
-		case <-hedged:
-			for i := range pending {
-				st.cancels[i](errHedged)
-			}
-			return
-		}
-	}
 }
 
 // stop ends every stream of the Select because the query cannot go on

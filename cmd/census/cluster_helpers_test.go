@@ -182,6 +182,27 @@ func startRole(t testing.TB, role string, cfg roleConfig) *process {
 	return startProcess(t, name, append(args, cfg.flags...)...)
 }
 
+// restartableIngesters returns n ingester slots at replication factor n and
+// start, which starts ingester i, or starts it again after a kill, with its
+// id and on its own storage, joined through another ingester of the slots.
+func restartableIngesters(t testing.TB, n int, heartbeatTimeout time.Duration) ([]*process, func(i int) *process) {
+	dataDirs := make([]string, n)
+	for i := range dataDirs {
+		dataDirs[i] = filepath.Join(t.TempDir(), "data")
+	}
+	ingesters := make([]*process, n)
+	start := func(i int) *process {
+		cfg := roleConfig{id: fmt.Sprintf("ingester-%d", i), rf: n, heartbeatTimeout: heartbeatTimeout, storage: dataDirs[i]}
+		if i > 0 {
+			cfg.join = ingesters[0]
+		} else {
+			cfg.join = ingesters[1] // Nil at the first start.
+		}
+		return startRole(t, "ingester", cfg)
+	}
+	return ingesters, start
+}
+
 // waitReady polls /ready until it answers 2xx.
 func (p *process) waitReady(timeout time.Duration) {
 	p.t.Helper()

@@ -9,7 +9,6 @@ import (
 	"math"
 	"net/http"
 	"net/url"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -254,19 +253,8 @@ func TestCluster_IngesterKilledMidWrite(t *testing.T) {
 	if testing.Short() {
 		t.Skip("multi-process test")
 	}
-	dataDirs := make([]string, 3)
-	ingesters := make([]*process, 3)
-	startIngester := func(i int) *process {
-		cfg := roleConfig{id: fmt.Sprintf("ingester-%d", i), rf: 3, heartbeatTimeout: 5 * time.Second, storage: dataDirs[i]}
-		if i > 0 {
-			cfg.join = ingesters[0]
-		} else {
-			cfg.join = ingesters[1] // Nil at the first start.
-		}
-		return startRole(t, "ingester", cfg)
-	}
+	ingesters, startIngester := restartableIngesters(t, 3, 5*time.Second)
 	for i := range ingesters {
-		dataDirs[i] = filepath.Join(t.TempDir(), "data")
 		ingesters[i] = startIngester(i)
 	}
 	q := startRole(t, "querier", roleConfig{id: "querier", join: ingesters[2], rf: 3, heartbeatTimeout: 5 * time.Second})

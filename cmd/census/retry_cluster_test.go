@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/url"
-	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
@@ -28,21 +27,10 @@ func TestCluster_RetryAfterNoQuorum(t *testing.T) {
 	if testing.Short() {
 		t.Skip("multi-process test")
 	}
-	dataDirs := make([]string, 3)
-	ingesters := make([]*process, 3)
-	startIngester := func(i int) *process {
-		// The heartbeat timeout outlasts the outage: the distributor keeps
-		// sending to the dead replicas, so the survivor gets every push.
-		cfg := roleConfig{id: fmt.Sprintf("ingester-%d", i), rf: 3, heartbeatTimeout: 5 * time.Minute, storage: dataDirs[i]}
-		if i > 0 {
-			cfg.join = ingesters[0]
-		} else {
-			cfg.join = ingesters[1] // Nil at the first start.
-		}
-		return startRole(t, "ingester", cfg)
-	}
+	// The heartbeat timeout outlasts the outage: the distributor keeps
+	// sending to the dead replicas, so the survivor gets every push.
+	ingesters, startIngester := restartableIngesters(t, 3, 5*time.Minute)
 	for i := range ingesters {
-		dataDirs[i] = filepath.Join(t.TempDir(), "data")
 		ingesters[i] = startIngester(i)
 	}
 	dist := startRole(t, "distributor", roleConfig{id: "distributor", join: ingesters[0], rf: 3, heartbeatTimeout: 5 * time.Minute})
