@@ -21,6 +21,9 @@ var (
 	errStopping = errors.New("ingester is stopping")
 	// errClosed is returned by requests that arrive after the TSDB closed.
 	errClosed = errors.New("ingester is closed")
+	// errLeaving is a push to an ingester that is decommissioning: its
+	// series have new owners in the ring.
+	errLeaving = errors.New("ingester is decommissioning: its series go to their new owners in the ring")
 	// errTooManyPushes is a push over the in-flight limit.
 	errTooManyPushes = errors.New("too many pushes in flight")
 	// errInvalidMatchers wraps a matcher the TSDB cannot use, such as a
@@ -175,7 +178,7 @@ func statusCode(err error) codes.Code {
 		return codes.InvalidArgument
 	case errors.As(err, &qe):
 		return codes.ResourceExhausted
-	case errors.Is(err, errStarting), errors.Is(err, errStopping), errors.Is(err, errClosed), errors.Is(err, errTooManyPushes):
+	case errors.Is(err, errStarting), errors.Is(err, errStopping), errors.Is(err, errClosed), errors.Is(err, errLeaving), errors.Is(err, errTooManyPushes):
 		return codes.Unavailable
 	case errors.Is(err, context.Canceled):
 		return codes.Canceled

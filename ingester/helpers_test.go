@@ -24,6 +24,7 @@ import (
 // testIngester is an Ingester served over real gRPC on loopback.
 type testIngester struct {
 	ing    *ingester.Ingester
+	addr   string // The gRPC server's.
 	client censuspb.IngesterClient
 	conn   grpc.ClientConnInterface // client's, for censuspb.PushEncoded.
 	reg    *prometheus.Registry
@@ -102,7 +103,7 @@ func startIngesterSetUp(t testing.TB, cfg ingester.Config, newServer func(*inges
 		})
 	}
 	t.Cleanup(stop)
-	return &testIngester{ing: ing, client: client, conn: conn, reg: reg, stop: stop, ran: ran}
+	return &testIngester{ing: ing, addr: lis.Addr().String(), client: client, conn: conn, reg: reg, stop: stop, ran: ran}
 }
 
 // waitReady polls ing until it is ready; ran receives Run's result.

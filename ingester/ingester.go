@@ -88,6 +88,14 @@ type Ingester struct {
 	// start has room again; capacity 1.
 	reopenc chan struct{}
 
+	// leaving is set once a decommission began: pushes and handed-off
+	// blocks are refused. handOffMu is held for reading by every block
+	// being received and for writing while leaving is set, so a block is
+	// either refused or in the TSDB before the decommission lists its
+	// blocks.
+	leaving   atomic.Bool
+	handOffMu sync.RWMutex
+
 	// pushStates pools *pushState, the scratch space of one Push, and
 	// encodedRequests *encodedRequest, the request of registerService's Push.
 	pushStates      sync.Pool
@@ -453,6 +461,9 @@ func (i *Ingester) open(dir string, readOnly bool) (*tsdb.DB, error) {
 	// start loads it instead of replaying the whole WAL.
 	opts.EnableMemorySnapshotOnShutdown = !readOnly
 	opts.SeriesLifecycleCallback = series
+	// Blocks handed off by decommissioning ingesters appear in the
+	// directory; HandOffBlock acknowledges one once the TSDB loaded it.
+	opts.BlockReloadInterval = blockReloadInterval
 
 	walDir := filepath.Join(dir, "wal")
 	first, last, err := wlog.Segments(walDir)

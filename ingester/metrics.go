@@ -24,6 +24,17 @@ type metrics struct {
 	storageFree        prometheus.Gauge
 	storageReserve     prometheus.Gauge
 	diskFull           prometheus.Gauge
+
+	// The hand-off: sent by a decommissioning ingester, per target, and
+	// taken by its targets.
+	handOffSentBytes    *prometheus.CounterVec
+	handOffAckedBytes   *prometheus.CounterVec
+	handOffSentSeries   *prometheus.CounterVec
+	handOffAckedSeries  *prometheus.CounterVec
+	handOffFailures     *prometheus.CounterVec
+	handOffReceived     *prometheus.CounterVec
+	decommissionState   prometheus.Gauge
+	decommissionSeconds prometheus.Gauge
 }
 
 // newMetrics registers the ingester's metrics on reg. db returns the open
@@ -49,6 +60,38 @@ func newMetrics(reg prometheus.Registerer, db func() *tsdb.DB) *metrics {
 		return 0
 	})
 	m := &metrics{
+		handOffSentBytes: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "census_ingester_handoff_sent_bytes_total",
+			Help: "Block bytes a decommissioning ingester sent, by target instance.",
+		}, []string{"target"}),
+		handOffAckedBytes: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "census_ingester_handoff_acked_bytes_total",
+			Help: "Block bytes a decommissioning ingester sent that their target persisted and acknowledged, by target instance.",
+		}, []string{"target"}),
+		handOffSentSeries: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "census_ingester_handoff_sent_series_total",
+			Help: "Series (counted once per block) a decommissioning ingester sent, by target instance.",
+		}, []string{"target"}),
+		handOffAckedSeries: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "census_ingester_handoff_acked_series_total",
+			Help: "Series (counted once per block) a decommissioning ingester sent that their target persisted and acknowledged, by target instance.",
+		}, []string{"target"}),
+		handOffFailures: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "census_ingester_handoff_failures_total",
+			Help: "Block hand-offs that failed and will be retried, by target instance.",
+		}, []string{"target"}),
+		handOffReceived: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "census_ingester_handoff_received_blocks_total",
+			Help: "Blocks handed off to this ingester by decommissioning ones, by outcome: stored, duplicate (a resend of a block it holds) or failed.",
+		}, []string{"outcome"}),
+		decommissionState: f.NewGauge(prometheus.GaugeOpts{
+			Name: "census_ingester_decommission_state",
+			Help: "0: not decommissioning; 1: handing off its series; 2: handed off, leaving.",
+		}),
+		decommissionSeconds: f.NewGauge(prometheus.GaugeOpts{
+			Name: "census_ingester_decommission_duration_seconds",
+			Help: "How long the decommission has run, or took once handed off.",
+		}),
 		samplesAppended: f.NewCounter(prometheus.CounterOpts{
 			Name: "census_ingester_samples_appended_total",
 			Help: "Samples (floats and native histograms) committed to the TSDB by pushes.",
@@ -107,6 +150,9 @@ func newMetrics(reg prometheus.Registerer, db func() *tsdb.DB) *metrics {
 	// the first discard.
 	for r := range censuspb.NumReasons {
 		m.discardedSamples.WithLabelValues(r.String())
+	}
+	for _, outcome := range []string{"stored", "duplicate", "failed"} {
+		m.handOffReceived.WithLabelValues(outcome)
 	}
 	return m
 }

@@ -73,6 +73,11 @@ func (i *Ingester) pushWith(ctx context.Context, each func(st *pushState) error)
 		return err
 	}
 	defer i.release()
+	// Checked under the read lock: a decommission sets leaving, then takes
+	// the write lock, after which no push appends any more.
+	if i.leaving.Load() {
+		return errLeaving
+	}
 
 	st := i.getPushState(ctx, db)
 	defer i.putPushState(st)

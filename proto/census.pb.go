@@ -2270,6 +2270,247 @@ func (x *TSDBStatsResponse) GetLabelValuePairs() []*Stat {
 	return nil
 }
 
+// HandOffBlockRequest is one message of a HandOffBlock stream.
+type HandOffBlockRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Header, in the first message only.
+	Header *HandOffBlockHeader `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	// file indexes header.files; data is the next part of that file. Files
+	// are sent one after the other, each from its start.
+	File          uint32 `protobuf:"varint,2,opt,name=file,proto3" json:"file,omitempty"`
+	Data          []byte `protobuf:"bytes,3,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HandOffBlockRequest) Reset() {
+	*x = HandOffBlockRequest{}
+	mi := &file_census_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HandOffBlockRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HandOffBlockRequest) ProtoMessage() {}
+
+func (x *HandOffBlockRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_census_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HandOffBlockRequest.ProtoReflect.Descriptor instead.
+func (*HandOffBlockRequest) Descriptor() ([]byte, []int) {
+	return file_census_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *HandOffBlockRequest) GetHeader() *HandOffBlockHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *HandOffBlockRequest) GetFile() uint32 {
+	if x != nil {
+		return x.File
+	}
+	return 0
+}
+
+func (x *HandOffBlockRequest) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+type HandOffBlockHeader struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// from is the instance ID of the sender.
+	From string `protobuf:"bytes,1,opt,name=from,proto3" json:"from,omitempty"`
+	// block_id is the ULID of the block, its directory name.
+	BlockId       string         `protobuf:"bytes,2,opt,name=block_id,json=blockId,proto3" json:"block_id,omitempty"`
+	Files         []*HandOffFile `protobuf:"bytes,3,rep,name=files,proto3" json:"files,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HandOffBlockHeader) Reset() {
+	*x = HandOffBlockHeader{}
+	mi := &file_census_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HandOffBlockHeader) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HandOffBlockHeader) ProtoMessage() {}
+
+func (x *HandOffBlockHeader) ProtoReflect() protoreflect.Message {
+	mi := &file_census_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HandOffBlockHeader.ProtoReflect.Descriptor instead.
+func (*HandOffBlockHeader) Descriptor() ([]byte, []int) {
+	return file_census_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *HandOffBlockHeader) GetFrom() string {
+	if x != nil {
+		return x.From
+	}
+	return ""
+}
+
+func (x *HandOffBlockHeader) GetBlockId() string {
+	if x != nil {
+		return x.BlockId
+	}
+	return ""
+}
+
+func (x *HandOffBlockHeader) GetFiles() []*HandOffFile {
+	if x != nil {
+		return x.Files
+	}
+	return nil
+}
+
+type HandOffFile struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// path is relative to the block's directory: meta.json, index,
+	// tombstones or chunks/NNNNNN.
+	Path          string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	Size          uint64 `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
+	Sha256        []byte `protobuf:"bytes,3,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HandOffFile) Reset() {
+	*x = HandOffFile{}
+	mi := &file_census_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HandOffFile) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HandOffFile) ProtoMessage() {}
+
+func (x *HandOffFile) ProtoReflect() protoreflect.Message {
+	mi := &file_census_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HandOffFile.ProtoReflect.Descriptor instead.
+func (*HandOffFile) Descriptor() ([]byte, []int) {
+	return file_census_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *HandOffFile) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *HandOffFile) GetSize() uint64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *HandOffFile) GetSha256() []byte {
+	if x != nil {
+		return x.Sha256
+	}
+	return nil
+}
+
+type HandOffBlockResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// series and bytes the receiver now holds from the block.
+	Series        uint64 `protobuf:"varint,1,opt,name=series,proto3" json:"series,omitempty"`
+	Bytes         uint64 `protobuf:"varint,2,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HandOffBlockResponse) Reset() {
+	*x = HandOffBlockResponse{}
+	mi := &file_census_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HandOffBlockResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HandOffBlockResponse) ProtoMessage() {}
+
+func (x *HandOffBlockResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_census_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HandOffBlockResponse.ProtoReflect.Descriptor instead.
+func (*HandOffBlockResponse) Descriptor() ([]byte, []int) {
+	return file_census_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *HandOffBlockResponse) GetSeries() uint64 {
+	if x != nil {
+		return x.Series
+	}
+	return 0
+}
+
+func (x *HandOffBlockResponse) GetBytes() uint64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
 var File_census_proto protoreflect.FileDescriptor
 
 const file_census_proto_rawDesc = "" +
@@ -2443,7 +2684,22 @@ const file_census_proto_rawDesc = "" +
 	"\x13cardinality_metrics\x18\x06 \x03(\v2\x0f.census.v1.StatR\x12cardinalityMetrics\x12>\n" +
 	"\x12cardinality_labels\x18\a \x03(\v2\x0f.census.v1.StatR\x11cardinalityLabels\x12;\n" +
 	"\x11label_value_bytes\x18\b \x03(\v2\x0f.census.v1.StatR\x0flabelValueBytes\x12;\n" +
-	"\x11label_value_pairs\x18\t \x03(\v2\x0f.census.v1.StatR\x0flabelValuePairs2\xda\x04\n" +
+	"\x11label_value_pairs\x18\t \x03(\v2\x0f.census.v1.StatR\x0flabelValuePairs\"t\n" +
+	"\x13HandOffBlockRequest\x125\n" +
+	"\x06header\x18\x01 \x01(\v2\x1d.census.v1.HandOffBlockHeaderR\x06header\x12\x12\n" +
+	"\x04file\x18\x02 \x01(\rR\x04file\x12\x12\n" +
+	"\x04data\x18\x03 \x01(\fR\x04data\"q\n" +
+	"\x12HandOffBlockHeader\x12\x12\n" +
+	"\x04from\x18\x01 \x01(\tR\x04from\x12\x19\n" +
+	"\bblock_id\x18\x02 \x01(\tR\ablockId\x12,\n" +
+	"\x05files\x18\x03 \x03(\v2\x16.census.v1.HandOffFileR\x05files\"M\n" +
+	"\vHandOffFile\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x12\n" +
+	"\x04size\x18\x02 \x01(\x04R\x04size\x12\x16\n" +
+	"\x06sha256\x18\x03 \x01(\fR\x06sha256\"D\n" +
+	"\x14HandOffBlockResponse\x12\x16\n" +
+	"\x06series\x18\x01 \x01(\x04R\x06series\x12\x14\n" +
+	"\x05bytes\x18\x02 \x01(\x04R\x05bytes2\xad\x05\n" +
 	"\bIngester\x127\n" +
 	"\x04Push\x12\x16.census.v1.PushRequest\x1a\x17.census.v1.PushResponse\x12N\n" +
 	"\vQueryStream\x12\x1d.census.v1.QueryStreamRequest\x1a\x1e.census.v1.QueryStreamResponse0\x01\x12I\n" +
@@ -2453,7 +2709,8 @@ const file_census_proto_rawDesc = "" +
 	"\x06Series\x12\x18.census.v1.SeriesRequest\x1a\x19.census.v1.SeriesResponse\x12K\n" +
 	"\x0eQueryExemplars\x12\x1b.census.v1.ExemplarsRequest\x1a\x1c.census.v1.ExemplarsResponse\x12X\n" +
 	"\x0fMetricsMetadata\x12!.census.v1.MetricsMetadataRequest\x1a\".census.v1.MetricsMetadataResponse\x12F\n" +
-	"\tTSDBStats\x12\x1b.census.v1.TSDBStatsRequest\x1a\x1c.census.v1.TSDBStatsResponseB1Z/github.com/census-metrics/census/proto;censuspbb\x06proto3"
+	"\tTSDBStats\x12\x1b.census.v1.TSDBStatsRequest\x1a\x1c.census.v1.TSDBStatsResponse\x12Q\n" +
+	"\fHandOffBlock\x12\x1e.census.v1.HandOffBlockRequest\x1a\x1f.census.v1.HandOffBlockResponse(\x01B1Z/github.com/census-metrics/census/proto;censuspbb\x06proto3"
 
 var (
 	file_census_proto_rawDescOnce sync.Once
@@ -2468,7 +2725,7 @@ func file_census_proto_rawDescGZIP() []byte {
 }
 
 var file_census_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_census_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_census_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_census_proto_goTypes = []any{
 	(Histogram_ResetHint)(0),        // 0: census.v1.Histogram.ResetHint
 	(LabelMatcher_Type)(0),          // 1: census.v1.LabelMatcher.Type
@@ -2505,6 +2762,10 @@ var file_census_proto_goTypes = []any{
 	(*TSDBStatsRequest)(nil),        // 32: census.v1.TSDBStatsRequest
 	(*Stat)(nil),                    // 33: census.v1.Stat
 	(*TSDBStatsResponse)(nil),       // 34: census.v1.TSDBStatsResponse
+	(*HandOffBlockRequest)(nil),     // 35: census.v1.HandOffBlockRequest
+	(*HandOffBlockHeader)(nil),      // 36: census.v1.HandOffBlockHeader
+	(*HandOffFile)(nil),             // 37: census.v1.HandOffFile
+	(*HandOffBlockResponse)(nil),    // 38: census.v1.HandOffBlockResponse
 }
 var file_census_proto_depIdxs = []int32{
 	5,  // 0: census.v1.Histogram.negative_spans:type_name -> census.v1.BucketSpan
@@ -2540,27 +2801,31 @@ var file_census_proto_depIdxs = []int32{
 	33, // 30: census.v1.TSDBStatsResponse.cardinality_labels:type_name -> census.v1.Stat
 	33, // 31: census.v1.TSDBStatsResponse.label_value_bytes:type_name -> census.v1.Stat
 	33, // 32: census.v1.TSDBStatsResponse.label_value_pairs:type_name -> census.v1.Stat
-	10, // 33: census.v1.Ingester.Push:input_type -> census.v1.PushRequest
-	14, // 34: census.v1.Ingester.QueryStream:input_type -> census.v1.QueryStreamRequest
-	18, // 35: census.v1.Ingester.LabelNames:input_type -> census.v1.LabelNamesRequest
-	20, // 36: census.v1.Ingester.LabelValues:input_type -> census.v1.LabelValuesRequest
-	22, // 37: census.v1.Ingester.Series:input_type -> census.v1.SeriesRequest
-	25, // 38: census.v1.Ingester.QueryExemplars:input_type -> census.v1.ExemplarsRequest
-	29, // 39: census.v1.Ingester.MetricsMetadata:input_type -> census.v1.MetricsMetadataRequest
-	32, // 40: census.v1.Ingester.TSDBStats:input_type -> census.v1.TSDBStatsRequest
-	11, // 41: census.v1.Ingester.Push:output_type -> census.v1.PushResponse
-	17, // 42: census.v1.Ingester.QueryStream:output_type -> census.v1.QueryStreamResponse
-	19, // 43: census.v1.Ingester.LabelNames:output_type -> census.v1.LabelNamesResponse
-	21, // 44: census.v1.Ingester.LabelValues:output_type -> census.v1.LabelValuesResponse
-	24, // 45: census.v1.Ingester.Series:output_type -> census.v1.SeriesResponse
-	28, // 46: census.v1.Ingester.QueryExemplars:output_type -> census.v1.ExemplarsResponse
-	31, // 47: census.v1.Ingester.MetricsMetadata:output_type -> census.v1.MetricsMetadataResponse
-	34, // 48: census.v1.Ingester.TSDBStats:output_type -> census.v1.TSDBStatsResponse
-	41, // [41:49] is the sub-list for method output_type
-	33, // [33:41] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	36, // 33: census.v1.HandOffBlockRequest.header:type_name -> census.v1.HandOffBlockHeader
+	37, // 34: census.v1.HandOffBlockHeader.files:type_name -> census.v1.HandOffFile
+	10, // 35: census.v1.Ingester.Push:input_type -> census.v1.PushRequest
+	14, // 36: census.v1.Ingester.QueryStream:input_type -> census.v1.QueryStreamRequest
+	18, // 37: census.v1.Ingester.LabelNames:input_type -> census.v1.LabelNamesRequest
+	20, // 38: census.v1.Ingester.LabelValues:input_type -> census.v1.LabelValuesRequest
+	22, // 39: census.v1.Ingester.Series:input_type -> census.v1.SeriesRequest
+	25, // 40: census.v1.Ingester.QueryExemplars:input_type -> census.v1.ExemplarsRequest
+	29, // 41: census.v1.Ingester.MetricsMetadata:input_type -> census.v1.MetricsMetadataRequest
+	32, // 42: census.v1.Ingester.TSDBStats:input_type -> census.v1.TSDBStatsRequest
+	35, // 43: census.v1.Ingester.HandOffBlock:input_type -> census.v1.HandOffBlockRequest
+	11, // 44: census.v1.Ingester.Push:output_type -> census.v1.PushResponse
+	17, // 45: census.v1.Ingester.QueryStream:output_type -> census.v1.QueryStreamResponse
+	19, // 46: census.v1.Ingester.LabelNames:output_type -> census.v1.LabelNamesResponse
+	21, // 47: census.v1.Ingester.LabelValues:output_type -> census.v1.LabelValuesResponse
+	24, // 48: census.v1.Ingester.Series:output_type -> census.v1.SeriesResponse
+	28, // 49: census.v1.Ingester.QueryExemplars:output_type -> census.v1.ExemplarsResponse
+	31, // 50: census.v1.Ingester.MetricsMetadata:output_type -> census.v1.MetricsMetadataResponse
+	34, // 51: census.v1.Ingester.TSDBStats:output_type -> census.v1.TSDBStatsResponse
+	38, // 52: census.v1.Ingester.HandOffBlock:output_type -> census.v1.HandOffBlockResponse
+	44, // [44:53] is the sub-list for method output_type
+	35, // [35:44] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_census_proto_init() }
@@ -2580,7 +2845,7 @@ func file_census_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_census_proto_rawDesc), len(file_census_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   32,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

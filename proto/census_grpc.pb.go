@@ -33,6 +33,7 @@ const (
 	Ingester_QueryExemplars_FullMethodName  = "/census.v1.Ingester/QueryExemplars"
 	Ingester_MetricsMetadata_FullMethodName = "/census.v1.Ingester/MetricsMetadata"
 	Ingester_TSDBStats_FullMethodName       = "/census.v1.Ingester/TSDBStats"
+	Ingester_HandOffBlock_FullMethodName    = "/census.v1.Ingester/HandOffBlock"
 )
 
 // IngesterClient is the client API for Ingester service.
@@ -65,6 +66,15 @@ type IngesterClient interface {
 	// TSDBStats returns the cardinality statistics of the ingester's head, as
 	// Prometheus' /api/v1/status/tsdb.
 	TSDBStats(ctx context.Context, in *TSDBStatsRequest, opts ...grpc.CallOption) (*TSDBStatsResponse, error)
+	// HandOffBlock takes one TSDB block from a decommissioning ingester: the
+	// series of the sender that this ingester is to own once the sender is
+	// gone. The first message is the header (block_id and the files with
+	// their sizes and SHA-256 digests), the others carry the files' bytes in
+	// order. It answers only once the block is fsynced, verified against the
+	// header and its own meta.json, and visible to this ingester's queries.
+	// An ingester that is leaving itself answers FailedPrecondition: the
+	// sender must pick the owners again from a newer view of the ring.
+	HandOffBlock(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[HandOffBlockRequest, HandOffBlockResponse], error)
 }
 
 type ingesterClient struct {
@@ -164,6 +174,19 @@ func (c *ingesterClient) TSDBStats(ctx context.Context, in *TSDBStatsRequest, op
 	return out, nil
 }
 
+func (c *ingesterClient) HandOffBlock(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[HandOffBlockRequest, HandOffBlockResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Ingester_ServiceDesc.Streams[1], Ingester_HandOffBlock_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[HandOffBlockRequest, HandOffBlockResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Ingester_HandOffBlockClient = grpc.ClientStreamingClient[HandOffBlockRequest, HandOffBlockResponse]
+
 // IngesterServer is the server API for Ingester service.
 // All implementations must embed UnimplementedIngesterServer
 // for forward compatibility.
@@ -194,6 +217,15 @@ type IngesterServer interface {
 	// TSDBStats returns the cardinality statistics of the ingester's head, as
 	// Prometheus' /api/v1/status/tsdb.
 	TSDBStats(context.Context, *TSDBStatsRequest) (*TSDBStatsResponse, error)
+	// HandOffBlock takes one TSDB block from a decommissioning ingester: the
+	// series of the sender that this ingester is to own once the sender is
+	// gone. The first message is the header (block_id and the files with
+	// their sizes and SHA-256 digests), the others carry the files' bytes in
+	// order. It answers only once the block is fsynced, verified against the
+	// header and its own meta.json, and visible to this ingester's queries.
+	// An ingester that is leaving itself answers FailedPrecondition: the
+	// sender must pick the owners again from a newer view of the ring.
+	HandOffBlock(grpc.ClientStreamingServer[HandOffBlockRequest, HandOffBlockResponse]) error
 	mustEmbedUnimplementedIngesterServer()
 }
 
@@ -227,6 +259,9 @@ func (UnimplementedIngesterServer) MetricsMetadata(context.Context, *MetricsMeta
 }
 func (UnimplementedIngesterServer) TSDBStats(context.Context, *TSDBStatsRequest) (*TSDBStatsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method TSDBStats not implemented")
+}
+func (UnimplementedIngesterServer) HandOffBlock(grpc.ClientStreamingServer[HandOffBlockRequest, HandOffBlockResponse]) error {
+	return status.Error(codes.Unimplemented, "method HandOffBlock not implemented")
 }
 func (UnimplementedIngesterServer) mustEmbedUnimplementedIngesterServer() {}
 func (UnimplementedIngesterServer) testEmbeddedByValue()                  {}
@@ -386,6 +421,13 @@ func _Ingester_TSDBStats_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Ingester_HandOffBlock_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(IngesterServer).HandOffBlock(&grpc.GenericServerStream[HandOffBlockRequest, HandOffBlockResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Ingester_HandOffBlockServer = grpc.ClientStreamingServer[HandOffBlockRequest, HandOffBlockResponse]
+
 // Ingester_ServiceDesc is the grpc.ServiceDesc for Ingester service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -427,6 +469,11 @@ var Ingester_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "QueryStream",
 			Handler:       _Ingester_QueryStream_Handler,
 			ServerStreams: true,
+		},
+		{
+			StreamName:    "HandOffBlock",
+			Handler:       _Ingester_HandOffBlock_Handler,
+			ClientStreams: true,
 		},
 	},
 	Metadata: "census.proto",
