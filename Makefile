@@ -48,9 +48,10 @@ test: lint
 	  || { cat bin/promql-compliance.log; exit 1; }
 	@grep -E 'PromQL compliance:|^ok' bin/promql-compliance.log
 
-# kube-assets builds etcd, kube-apiserver and kubectl for the Kubernetes
-# tests from the Go module proxy into a cache folder outside the
-# repository, once (about 5 minutes on 2 cores); later calls build nothing.
+# kube-assets builds etcd, kube-apiserver, kubectl and
+# kube-controller-manager for the Kubernetes tests from the Go module proxy
+# into a cache folder outside the repository, once (about 20 CPU-minutes);
+# later calls build nothing.
 kube-assets:
 	scripts/kube-test-assets.sh
 
