@@ -2,7 +2,9 @@
 // etcd, for tests: controller-runtime's envtest starts the binaries in
 // KUBEBUILDER_ASSETS, which scripts/kube-test-assets.sh builds and `make
 // test` sets. It is the one copy of that setup, for the agent's tests and
-// the cluster tests of cmd/census.
+// the cluster tests of cmd/census. The same folder has kubectl and
+// kube-controller-manager, which Server.Kubectl and
+// Server.StartControllerManager run against the server.
 package kubetest
 
 import (
@@ -29,6 +31,10 @@ type Server struct {
 	// census-agent, in system:masters, as an agent reads it from
 	// --agent.kubeconfig.
 	Kubeconfig string
+
+	// assets is KUBEBUILDER_ASSETS, where the other binaries of the
+	// control plane are (kubectl, kube-controller-manager).
+	assets string
 }
 
 // Start starts an API server that serves crds besides the built-in kinds,
@@ -54,7 +60,7 @@ func Start(t testing.TB, crds ...*apiextensionsv1.CustomResourceDefinition) *Ser
 	require.NoError(t, err)
 	kc, err := user.KubeConfig()
 	require.NoError(t, err)
-	s := &Server{Config: cfg, Kubeconfig: filepath.Join(t.TempDir(), "kubeconfig")}
+	s := &Server{Config: cfg, Kubeconfig: filepath.Join(t.TempDir(), "kubeconfig"), assets: assets}
 	require.NoError(t, os.WriteFile(s.Kubeconfig, kc, 0o600))
 	s.Client, err = kubernetes.NewForConfig(cfg)
 	require.NoError(t, err)
