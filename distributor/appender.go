@@ -225,10 +225,18 @@ func (a *appender) Commit() (err error) {
 	var errs []error
 	errs, pushing = a.d.push(a.ctx, b, isRetry(a.ctx))
 	quorumErr := b.checkQuorum(errs)
+	var delay time.Duration // The longest an overloaded ingester asked for.
 	for j := range b.targets {
 		if errs[j] != errPending {
 			a.d.metrics.countIngesterSamples(&b.targets[j], errs[j], quorumErr == nil, isRetry(a.ctx))
+			delay = max(delay, ingesterRetryDelay(errs[j]))
 		}
+	}
+	if a.report != nil && delay > 0 {
+		a.report.overloaded = true
+	}
+	if quorumErr != nil && delay > 0 {
+		quorumErr = &overloadedError{err: quorumErr, retryAfter: delay}
 	}
 	if quorumErr != nil {
 		a.d.metrics.commits.WithLabelValues("no_quorum").Inc()

@@ -52,6 +52,13 @@ type Config struct {
 	// pushes worked on at once (see inflight).
 	MaxInflightPushRequests int
 	MaxInflightPushBytes    units.Base2Bytes
+	// AdaptivePushLimit lowers the limit of pushes in flight, down to
+	// MinInflightPushRequests, while pushes take more than
+	// PushLatencyTolerance times as long as when the cluster keeps up
+	// (see pushLimit).
+	AdaptivePushLimit       bool
+	MinInflightPushRequests int
+	PushLatencyTolerance    float64
 }
 
 // newFreeList returns a free list for as many appenders as can run at
@@ -72,6 +79,9 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.TextVar(&c.MaxRequestBytes, "distributor.max-request-bytes", units.Base2Bytes(64<<20), "Largest HTTP push (remote write, OTLP) the distributor takes, as sent and, for remote write, once decompressed, e.g. 16MB; a larger one is refused with 413. 0 means no limit.")
 	fs.IntVar(&c.MaxInflightPushRequests, "distributor.max-inflight-push-requests", 256, "Most HTTP pushes (remote write, OTLP) the distributor works on at once; more are refused with 429, so senders back off. 0 means no limit.")
 	fs.TextVar(&c.MaxInflightPushBytes, "distributor.max-inflight-push-bytes", units.Base2Bytes(256<<20), "Most bytes of the HTTP pushes the distributor works on at once, decompressed for remote write (decoding takes about 13 times that in memory); more are refused with 429. 0 means no limit.")
+	fs.BoolVar(&c.AdaptivePushLimit, "distributor.adaptive-push-limit", true, "Lower the limit of HTTP pushes in flight (--distributor.max-inflight-push-requests) while the cluster is slow to store them, down to --distributor.min-inflight-push-requests, and raise it again as it recovers: the pushes over it answer 429 at once, so senders back off instead of queueing for the CPU queries need. Slow means pushes taking more than --distributor.push-latency-tolerance times as long as when the cluster keeps up, or ingesters refusing pushes over their limits. No effect with --distributor.max-inflight-push-requests=0.")
+	fs.IntVar(&c.MinInflightPushRequests, "distributor.min-inflight-push-requests", 8, "Least the adaptive limit of HTTP pushes in flight comes down to (--distributor.adaptive-push-limit).")
+	fs.Float64Var(&c.PushLatencyTolerance, "distributor.push-latency-tolerance", 2, "How many times longer than when the cluster keeps up pushes may take before the adaptive limit of HTTP pushes in flight comes down (--distributor.adaptive-push-limit); more than 1.")
 	fs.DurationVar(&c.MaxFutureSkew, "distributor.max-future-skew", 10*time.Minute, "Refuse samples stamped further than this ahead of this machine's clock. 0 means no limit. Prometheus' remote-write and OTLP receivers refuse more than 10m ahead in any case.")
 }
 
@@ -95,6 +105,14 @@ func (c *Config) Validate() error {
 	} {
 		if f.value < 0 {
 			return fmt.Errorf("%s must not be negative, got %d", f.flag, f.value)
+		}
+	}
+	if c.AdaptivePushLimit {
+		if c.MinInflightPushRequests < 1 {
+			return fmt.Errorf("--distributor.min-inflight-push-requests must be at least 1 with --distributor.adaptive-push-limit, got %d", c.MinInflightPushRequests)
+		}
+		if c.PushLatencyTolerance <= 1 {
+			return fmt.Errorf("--distributor.push-latency-tolerance must be more than 1 with --distributor.adaptive-push-limit, got %g", c.PushLatencyTolerance)
 		}
 	}
 	return nil

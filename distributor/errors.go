@@ -7,7 +7,9 @@ import (
 	"net/http"
 	"sort"
 	"strings"
+	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -43,6 +45,44 @@ func noQuorumError(seriesWithoutQuorum, quorum int, failed map[string]error) err
 		fmt.Fprintf(&sb, "%s: %v", id, failed[id])
 	}
 	return fmt.Errorf("%w: %d series stored on fewer than %d replicas; failed ingesters: %s", ErrNoQuorum, seriesWithoutQuorum, quorum, sb.String())
+}
+
+// overloadedError is a commit short of its quorum where an ingester refused
+// its push for load: over its limits, it answered with a RetryInfo asking
+// to be retried later. The sender should send again, but not at once.
+type overloadedError struct {
+	err        error // Wraps ErrNoQuorum.
+	retryAfter time.Duration
+}
+
+func (e *overloadedError) Error() string { return e.err.Error() }
+func (e *overloadedError) Unwrap() error { return e.err }
+
+// ingesterRetryDelay returns how long an ingester that answered err asked to
+// be left alone, in a RetryInfo of its status: an ingester over its push
+// limits asks for it. It is 0 for any other answer.
+func ingesterRetryDelay(err error) time.Duration {
+	st, ok := status.FromError(err)
+	if !ok || err == nil {
+		return 0
+	}
+	for _, d := range st.Details() {
+		if ri, ok := d.(*errdetails.RetryInfo); ok {
+			return max(ri.GetRetryDelay().AsDuration(), time.Nanosecond)
+		}
+	}
+	return 0
+}
+
+// retryAfter returns how long a sender should wait before it sends again a
+// push that failed with err, as the Retry-After of its 429; 0 if it may
+// send again at once.
+func retryAfter(err error) time.Duration {
+	var oe *overloadedError
+	if errors.As(err, &oe) {
+		return oe.retryAfter
+	}
+	return 0
 }
 
 // rejections counts what a transaction refused at Append, per reason,
@@ -172,8 +212,15 @@ func httpStatus(err error) int {
 	if err == nil {
 		return http.StatusOK
 	}
-	var re *refusalError
+	var (
+		re *refusalError
+		oe *overloadedError
+	)
 	switch {
+	case errors.As(err, &oe):
+		// Before ErrNoQuorum, which it wraps: a 503 is sent again at
+		// once, adding to the load that made the ingesters refuse it.
+		return http.StatusTooManyRequests
 	case errors.Is(err, ErrNoQuorum),
 		errors.Is(err, context.DeadlineExceeded),
 		errors.Is(err, context.Canceled):

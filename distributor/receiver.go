@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -58,7 +59,7 @@ func NewReceiver(d *Distributor, logger *slog.Logger, reg prometheus.Registerer)
 		LookbackDelta: 5 * time.Minute,
 	})
 	maxBytes := int64(d.cfg.MaxRequestBytes)
-	in := newInflight(d.cfg.MaxInflightPushRequests, d.cfg.MaxInflightPushBytes, reg)
+	in := newInflight(d.cfg, logger, reg)
 	return &Receiver{
 		remoteWrite: &pushHandler{next: newRemoteWriteHandler(rw, d, logger), logger: logger, maxBytes: maxBytes, inflight: in},
 		otlp:        &pushHandler{next: otlp, logger: logger, otlp: true, maxBytes: maxBytes, inflight: in},
@@ -83,8 +84,22 @@ type pushReport struct {
 	floats, histograms, exemplars                                   int
 	rejected, rejectedFloats, rejectedHistograms, rejectedExemplars int
 	refused                                                         int
-	bodyErr                                                         error // Of reading the request's body.
-	bodyRead                                                        int64 // Bytes of the body read, as sent.
+	bodyErr                                                         error     // Of reading the request's body.
+	bodyRead                                                        int64     // Bytes of the body read, as sent.
+	bodyDone                                                        time.Time // When the body was read to its end.
+	// overloaded is set when an ingester refused the push for load: over
+	// its limits, it asked to be retried later.
+	overloaded bool
+}
+
+// took returns how long a committed push took from its body read to now:
+// the distributor's and the ingesters' work, without the sender's upload.
+// It is 0 for a push that was not committed.
+func (r *pushReport) took() time.Duration {
+	if !r.committed || r.bodyDone.IsZero() {
+		return 0
+	}
+	return max(time.Since(r.bodyDone), time.Nanosecond)
 }
 
 func atoiHeader(h http.Header, key string) int {
@@ -142,7 +157,7 @@ func (h *pushHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, msg, http.StatusTooManyRequests)
 		return
 	}
-	defer h.inflight.release(size)
+	defer func() { h.inflight.release(size, rep.took(), rep.overloaded) }()
 	buf := &responseBuffer{header: http.Header{}}
 	h.next.ServeHTTP(buf, r.WithContext(context.WithValue(r.Context(), reportKey{}, rep)))
 	var tooLarge *http.MaxBytesError
@@ -181,6 +196,9 @@ func (h *pushHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if k != "Content-Type" && k != "Content-Length" && k != "X-Content-Type-Options" {
 			hdr[k] = v
 		}
+	}
+	if d := retryAfter(rep.err); d > 0 {
+		hdr.Set("Retry-After", strconv.Itoa(int(math.Ceil(d.Seconds()))))
 	}
 	if hdr.Get(writtenSamplesHeader) != "" && code == http.StatusBadRequest {
 		// Remote write 2.0: Prometheus' handler counted as written what
@@ -271,6 +289,9 @@ func (b *watchedBody) Read(p []byte) (int, error) {
 	b.report.bodyRead += int64(n)
 	if err != nil && err != io.EOF && b.report.bodyErr == nil {
 		b.report.bodyErr = err
+	}
+	if err == io.EOF && b.report.bodyDone.IsZero() {
+		b.report.bodyDone = time.Now()
 	}
 	return n, err
 }

@@ -183,7 +183,7 @@ func BenchmarkReceiver_ConcurrentLargePushes(b *testing.B) {
 		{"inflight-64MB", 64 << 20},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
-			h := &pushHandler{next: newRemoteWriteHandler(prometheusHandler, shardOnly{d}, nil), logger: slog.New(slog.DiscardHandler), maxBytes: 64 << 20, inflight: newInflight(256, tc.maxBytes, nil)}
+			h := &pushHandler{next: newRemoteWriteHandler(prometheusHandler, shardOnly{d}, nil), logger: slog.New(slog.DiscardHandler), maxBytes: 64 << 20, inflight: newInflight(Config{MaxInflightPushRequests: 256, MaxInflightPushBytes: tc.maxBytes}, nil, nil)}
 			var peak uint64
 			for b.Loop() {
 				runtime.GC()

@@ -30,8 +30,10 @@ import (
 	"go.opentelemetry.io/collector/pdata/pcommon"
 	"go.opentelemetry.io/collector/pdata/pmetric"
 	"go.opentelemetry.io/collector/pdata/pmetric/pmetricotlp"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/census-metrics/census/distributor"
 	censuspb "github.com/census-metrics/census/proto"
@@ -339,14 +341,19 @@ func TestReceiver_ResponseCodesFollowTheIngesters(t *testing.T) {
 		require.NoError(t, err)
 		return st.Err()
 	}
+	overloaded, err := status.New(codes.Unavailable, "too many pushes in flight").WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(1500 * time.Millisecond)})
+	require.NoError(t, err)
 	for _, tc := range []struct {
-		name      string
-		err       error
-		want      string
-		retryable bool
+		name       string
+		err        error
+		want       string
+		retryable  bool
+		retryAfter string // Of a raw remote-write 1.0 push.
 	}{
 		{name: "every ingester down", err: status.Error(codes.Unavailable, "ingester is stopping"), want: "503 Service Unavailable", retryable: true},
 		{name: "ingester full", err: refusal(codes.ResourceExhausted, "max_series"), want: "429 Too Many Requests", retryable: true},
+		// Sent again at once, a 503 would add to the load the ingester refused.
+		{name: "ingester over its push limits", err: overloaded.Err(), want: "429 Too Many Requests: no quorum", retryable: true, retryAfter: "2"},
 		{name: "ingester refuses input", err: refusal(codes.InvalidArgument, "out_of_order"), want: `400 Bad Request: invalid series: ingester ingester-a refused 1 samples: 1 out_of_order, first: sample of series {__name__="x", job="api"} refused`},
 		{name: "request over the ingester's size limit", err: status.Error(codes.ResourceExhausted, "grpc: received message larger than max"), want: "503 Service Unavailable", retryable: true},
 	} {
@@ -368,6 +375,12 @@ func TestReceiver_ResponseCodesFollowTheIngesters(t *testing.T) {
 					requireRetryable(t, err, tc.want)
 				} else {
 					requireNotRetryable(t, err, tc.want)
+				}
+				if msg == remoteapi.WriteV1MessageType {
+					resp, err := http.Post(u.JoinPath(distributor.RemoteWritePath).String(), "application/x-protobuf", bytes.NewReader(body))
+					require.NoError(t, err)
+					require.NoError(t, resp.Body.Close())
+					require.Equal(t, tc.retryAfter, resp.Header.Get("Retry-After"), "rounded up to whole seconds")
 				}
 			}
 		})

@@ -5,9 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	censuspb "github.com/census-metrics/census/proto"
 )
@@ -32,6 +35,11 @@ var (
 	// errInvalidLimit is returned for a negative limit.
 	errInvalidLimit = errors.New("invalid limit")
 )
+
+// overloadRetryDelay is how long a push over the push limits asks its
+// sender to wait (errTooManyPushes): about as long as a push waits for an
+// append slot before it is refused.
+const overloadRetryDelay = time.Second
 
 // queryLimitError is a read stopped at a limit its request handed: it
 // reaches the querier as ResourceExhausted naming the limit.
@@ -152,6 +160,16 @@ func toStatus(err error) error {
 	var qe *queryLimitError
 	if errors.As(err, &qe) {
 		return censuspb.QueryLimitStatus(qe.limit, err.Error()).Err()
+	}
+	if errors.Is(err, errTooManyPushes) {
+		// Unavailable sends the distributor to the other replicas; the
+		// RetryInfo tells it this one is overloaded, not down, so that it
+		// answers a push left short of its quorum 429 with Retry-After:
+		// the sender backs off instead of sending again at once.
+		st, detailsErr := status.New(codes.Unavailable, err.Error()).WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(overloadRetryDelay)})
+		if detailsErr == nil {
+			return st.Err()
+		}
 	}
 	return status.Error(statusCode(err), err.Error())
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"net/url"
 	"os"
 	"strconv"
@@ -42,7 +43,8 @@ const (
 	// overloadMinBackoff and overloadMaxBackoff bound the wait before a
 	// push answered 429 or 5xx is resent, doubling in between, as
 	// Prometheus' queue manager does (min_backoff 30ms; its max_backoff
-	// is 5s, shortened here so that the phase sees several rounds).
+	// is 5s, shortened here so that the phase sees several rounds). A
+	// Retry-After replaces the wait, as there.
 	overloadMinBackoff = 30 * time.Millisecond
 	overloadMaxBackoff = time.Second
 )
@@ -120,6 +122,8 @@ func BenchmarkOverload_QueriesUnderIngest(b *testing.B) {
 	}
 	inflight := &overloadGaugeSampler{p: c.dist, name: "census_distributor_inflight_push_requests"}
 	wg.Go(func() { inflight.run(ctx, 500*time.Millisecond) })
+	limit := &overloadGaugeSampler{p: c.dist, name: "census_distributor_inflight_push_requests_limit"}
+	wg.Go(func() { limit.run(ctx, 500*time.Millisecond) })
 	time.Sleep(overloadRamp)
 	busy := runOverloadQueries(c.q, time.Now().Add(time.Duration(b.N)*overloadBusy))
 	busyStats.end(procs)
@@ -171,6 +175,7 @@ func BenchmarkOverload_QueriesUnderIngest(b *testing.B) {
 		pushes.ok.Load(), pushes.throttled.Load(), pushes.failed.Load(), pushes.other.Load(), samplesPerSec)
 	fmt.Fprintf(w, "push latency (2xx)\tp50 %.1f ms\tp99 %.1f ms\n", ms(pushes.latencies(), 0.5), ms(pushes.latencies(), 0.99))
 	fmt.Fprintf(w, "distributor pushes in flight\tmean %.0f\tmax %.0f\t(of --distributor.max-inflight-push-requests=256)\n", inflight.mean(), inflight.max)
+	fmt.Fprintf(w, "distributor in-flight limit\tmean %.0f\tmin %.0f\t(--distributor.adaptive-push-limit)\n", limit.mean(), limit.min)
 	fmt.Fprintf(w, "CPU cores used\tphase\tquerier\tdistributor\tingesters (sum)\tbenchmark (writers, client)\n")
 	for _, ph := range []struct {
 		name string
@@ -272,17 +277,38 @@ func waitPushesSettled(b *testing.B, dist *process) {
 }
 
 // newOverloadClient is Prometheus' remote-write client of the distributor
-// at addr, with Prometheus' default remote_timeout (30s).
+// at addr, with Prometheus' default remote_timeout (30s) and
+// retry_on_http_429, as senders that back off from a 429 set it.
 func newOverloadClient(b *testing.B, name, addr string) remote.WriteClient {
 	c, err := remote.NewWriteClient(name, &remote.ClientConfig{
-		URL:           &config_util.URL{URL: &url.URL{Scheme: "http", Host: addr, Path: "/api/v1/push"}},
-		Timeout:       model.Duration(30 * time.Second),
-		WriteProtoMsg: remoteapi.WriteV1MessageType,
+		URL:              &config_util.URL{URL: &url.URL{Scheme: "http", Host: addr, Path: "/api/v1/push"}},
+		Timeout:          model.Duration(30 * time.Second),
+		WriteProtoMsg:    remoteapi.WriteV1MessageType,
+		RetryOnRateLimit: true,
 	})
 	if err != nil {
 		b.Fatal(err)
 	}
 	return c
+}
+
+// retryAfterTransport notes the Retry-After of the last response, which
+// Prometheus' client reads but keeps in an unexported field of its error.
+// Like the writer that owns it, it is used by one goroutine at a time.
+type retryAfterTransport struct {
+	next       http.RoundTripper
+	retryAfter time.Duration // Of the last response; 0 without one.
+}
+
+func (t *retryAfterTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := t.next.RoundTrip(r)
+	t.retryAfter = 0
+	if err == nil {
+		if sec, convErr := strconv.Atoi(resp.Header.Get("Retry-After")); convErr == nil && sec > 0 {
+			t.retryAfter = time.Duration(sec) * time.Second
+		}
+	}
+	return resp, err
 }
 
 // overloadPushes counts the answers to every writer's pushes, attempt by
@@ -338,6 +364,7 @@ func (p *overloadPushes) examples() []string {
 type overloadWriter struct {
 	b      *testing.B
 	client remote.WriteClient
+	answer *retryAfterTransport // The client's, for the Retry-After of its answers.
 	req    *prompb.WriteRequest
 	counts *overloadPushes
 	last   int64 // Timestamp of the last batch, in milliseconds.
@@ -345,6 +372,9 @@ type overloadWriter struct {
 
 func newOverloadWriter(b *testing.B, id int, addr string, counts *overloadPushes) *overloadWriter {
 	w := &overloadWriter{b: b, client: newOverloadClient(b, fmt.Sprintf("overload-%d", id), addr), req: &prompb.WriteRequest{}, counts: counts}
+	hc := w.client.(*remote.Client).Client
+	w.answer = &retryAfterTransport{next: hc.Transport}
+	hc.Transport = w.answer
 	for s := range overloadBatch {
 		w.req.Timeseries = append(w.req.Timeseries, prompb.TimeSeries{
 			Labels: []prompb.Label{
@@ -371,7 +401,8 @@ func (w *overloadWriter) prime() {
 
 // run pushes batch after batch until ctx ends, each at a timestamp past the
 // last. A batch answered 429 or 5xx (or not answered) is resent after a
-// backoff before the next one, as Prometheus' queue manager does; one
+// backoff, or its Retry-After, before the next one, as Prometheus' queue
+// manager does with retry_on_http_429; one
 // answered another 4xx is dropped, as Prometheus drops it.
 func (w *overloadWriter) run(ctx context.Context) {
 	for n := 1; ctx.Err() == nil; n++ {
@@ -408,12 +439,18 @@ func (w *overloadWriter) push(ctx context.Context, n int) {
 		if m := httpStatus.FindStringSubmatch(err.Error()); m != nil && m[1][0] == '4' && m[1] != "429" {
 			return
 		}
+		// As Prometheus' queue manager: a Retry-After replaces the
+		// backoff, and the next backoff doubles what was waited.
+		sleep := backoff
+		if w.answer.retryAfter > 0 {
+			sleep = w.answer.retryAfter
+		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(backoff):
+		case <-time.After(sleep):
 		}
-		backoff = min(2*backoff, overloadMaxBackoff)
+		backoff = min(2*sleep, overloadMaxBackoff)
 	}
 }
 
@@ -483,13 +520,13 @@ func runOverloadQueries(q *process, deadline time.Time) *overloadQueryLog {
 }
 
 // overloadGaugeSampler reads a gauge of p every interval and keeps its
-// mean and maximum. Read them once run has returned.
+// mean, minimum and maximum. Read them once run has returned.
 type overloadGaugeSampler struct {
 	p    *process
 	name string
 
-	sum, max float64
-	n        int
+	sum, max, min float64
+	n             int
 }
 
 func (s *overloadGaugeSampler) run(ctx context.Context, interval time.Duration) {
@@ -502,6 +539,9 @@ func (s *overloadGaugeSampler) run(ctx context.Context, interval time.Duration) 
 		case <-t.C:
 		}
 		if v, err := s.p.metric(s.name); err == nil {
+			if s.n == 0 || v < s.min {
+				s.min = v
+			}
 			s.sum += v
 			s.max = max(s.max, v)
 			s.n++
