@@ -324,4 +324,3 @@ func TestHandOffBlock_RefusesBadBlocks(t *testing.T) {
 		})
 	}
 }
-

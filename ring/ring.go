@@ -255,6 +255,9 @@ func (r *Ring) GossipAddr() string {
 	return r.ml.LocalNode().Address()
 }
 
+// ID is this member's instance ID in the ring.
+func (r *Ring) ID() string { return r.id }
+
 // ReplicationFactor returns how many replicas Get looks for.
 func (r *Ring) ReplicationFactor() int { return r.cfg.ReplicationFactor }
 

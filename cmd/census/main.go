@@ -94,16 +94,19 @@ var roles = map[string]role{
 // options is every flag of every role; a role registers only its own, so
 // an unknown flag is an error rather than silently ignored.
 type options struct {
-	name        string
-	role        role
-	httpAddr    string
-	grpcAddr    string
-	logLevel    slog.LevelVar
-	ring        ring.Config
-	ingester    ingester.Config
-	distributor distributor.Config
-	agent       agent.Config
-	querier     querier.Config
+	name     string
+	role     role
+	httpAddr string
+	grpcAddr string
+	logLevel slog.LevelVar
+	// shutdownTimeout bounds a graceful stop, hand-off included.
+	shutdownTimeout time.Duration
+	decommission    decommissionOptions
+	ring            ring.Config
+	ingester        ingester.Config
+	distributor     distributor.Config
+	agent           agent.Config
+	querier         querier.Config
 }
 
 func parseFlags(name string, args []string, stderr io.Writer) (*options, error) {
@@ -121,10 +124,12 @@ func parseFlags(name string, args []string, stderr io.Writer) (*options, error) 
 	}
 	fs.StringVar(&o.httpAddr, "http.listen-address", httpDefault, "HTTP address: /metrics, /ready, /ring and the role's API.")
 	fs.TextVar(&o.logLevel, "log.level", &o.logLevel, "Log level: DEBUG, INFO, WARN or ERROR.")
+	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 3*time.Minute, "Longest graceful stop after SIGTERM, an ingester's hand-off included; then the process exits at once (whatever was acknowledged is in the WAL, and an interrupted hand-off resumes at the next start). On Kubernetes keep it below the pod's terminationGracePeriodSeconds.")
 	o.ring.RegisterFlags(fs)
 	if r.ingester {
 		fs.StringVar(&o.grpcAddr, "grpc.listen-address", ":9095", "gRPC address the ingester serves pushes and queries on.")
 		o.ingester.RegisterFlags(fs)
+		o.decommission.registerFlags(fs)
 	}
 	if r.agent {
 		o.agent.RegisterFlags(fs)
@@ -294,6 +299,23 @@ func start(o *options, logger *slog.Logger) error {
 
 	clients := censuspb.NewClientPool()
 	defer clients.Close()
+
+	// Decommission: an ingester scaled away hands its series to their new
+	// owners before it leaves. It reads the volume before the ring reads
+	// its tokens there: a volume whose hand-off finished is emptied.
+	var dec *ingester.Decommission
+	if o.role.ingester {
+		dec, err = ingester.NewDecommission(ing, ingester.HandOffConfig{
+			Self:       r.ID(),
+			Owners:     handOffOwners(r),
+			Client:     clients.Get,
+			SetLeaving: r.SetLeaving,
+		}, logger.With("component", "decommission"))
+		if err != nil {
+			return err
+		}
+		mux.Handle("/ingester/decommission", dec)
+	}
 	// Connections to ingesters that left the ring are closed.
 	life.add("client pool", func(ctx context.Context) error {
 		return clients.RetainEvery(ctx, 30*time.Second, r.HasInstanceAt)
@@ -355,6 +377,13 @@ func start(o *options, logger *slog.Logger) error {
 		mux.Handle("/api/v1/", api)
 	}
 
+	// A scaled-down ingester hands off before anything below stops: it
+	// serves queries, its progress and the ring until its targets hold
+	// everything.
+	if dec != nil {
+		addDecommission(life, dec, o.decommission, r.ID(), logger.With("component", "decommission"))
+	}
+
 	// HTTP: self-metrics, health, readiness, reload, ring status and the
 	// role's API. It drains its requests while the ingesters still answer.
 	mux.Handle("/metrics", promhttp.HandlerFor(prometheus.DefaultGatherer, promhttp.HandlerOpts{EnableOpenMetrics: true}))
@@ -394,7 +423,7 @@ func start(o *options, logger *slog.Logger) error {
 	var g run.Group
 	returned := make(chan struct{})
 	defer close(returned)
-	addSignalHandler(&g, returned, reloaders.reload, logger)
+	addSignalHandler(&g, returned, o.shutdownTimeout, reloaders.reload, logger)
 	g.Add(life.Run, life.Interrupt)
 
 	logger.Info("Census started", "role", o.name, "http", httpLn.Addr().String(), "grpc", grpcAddr, "gossip", r.GossipAddr(), "version", version.Version)
@@ -402,6 +431,15 @@ func start(o *options, logger *slog.Logger) error {
 		logger.Info("Query Census at http://" + localURLHost(httpLn.Addr()) + "/api/v1/query?query=up")
 	}
 	err = g.Run()
+	if dec != nil && handedOff(dec) {
+		// Everything is on the new owners and this ingester left the
+		// ring: a later ingester on this volume joins fresh.
+		logger.Info("Decommissioned: emptying the volume", "path", o.ingester.StoragePath)
+		if rmErr := ingester.RemoveData(o.ingester.StoragePath); rmErr != nil {
+			return fmt.Errorf("empty the volume after the decommission: %w", rmErr)
+		}
+		return nil
+	}
 	if errors.Is(err, run.ErrSignal) {
 		logger.Info("Census stopped", "reason", err)
 		return nil
@@ -433,18 +471,24 @@ func healthy(w http.ResponseWriter, _ *http.Request) {
 	_, _ = w.Write([]byte("Census is Healthy.\n"))
 }
 
-// shutdownTimeout bounds a graceful stop. Kubernetes' grace period should
-// be longer than the stop of an ingester (writing its head snapshot takes
-// seconds per million series), so this bound matters only where nothing
-// else enforces one.
-const shutdownTimeout = 3 * time.Minute
+// handedOff reports whether d handed everything off.
+func handedOff(d *ingester.Decommission) bool {
+	select {
+	case <-d.Done():
+		return true
+	default:
+		return false
+	}
+}
 
 // addSignalHandler adds the actor that returns on the first SIGINT or
 // SIGTERM, which stops the process. SIGHUP reloads the configuration, as
 // in Prometheus. After the first stop signal, a second one or
 // shutdownTimeout exits the process at once, unless returned is closed
-// first.
-func addSignalHandler(g *run.Group, returned <-chan struct{}, reload func() error, logger *slog.Logger) {
+// first. Kubernetes' grace period should be longer than the stop of an
+// ingester (writing its head snapshot takes seconds per million series; a
+// hand-off, the time to copy its volume).
+func addSignalHandler(g *run.Group, returned <-chan struct{}, shutdownTimeout time.Duration, reload func() error, logger *slog.Logger) {
 	sigc := make(chan os.Signal, 2)
 	signal.Notify(sigc, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	stopc := make(chan struct{})
@@ -458,7 +502,7 @@ func addSignalHandler(g *run.Group, returned <-chan struct{}, reload func() erro
 					continue
 				}
 				logger.Info("Stopping gracefully; a second signal stops at once", "signal", sig, "timeout", shutdownTimeout)
-				go exitOnSecondSignal(sigc, returned, logger)
+				go exitOnSecondSignal(sigc, returned, shutdownTimeout, logger)
 				return run.SignalError{Signal: sig}
 			case <-stopc:
 				signal.Stop(sigc)
@@ -472,7 +516,7 @@ func addSignalHandler(g *run.Group, returned <-chan struct{}, reload func() erro
 
 // exitOnSecondSignal exits the process on a second SIGINT or SIGTERM, or
 // once shutdownTimeout has passed, unless returned is closed first.
-func exitOnSecondSignal(sigc <-chan os.Signal, returned <-chan struct{}, logger *slog.Logger) {
+func exitOnSecondSignal(sigc <-chan os.Signal, returned <-chan struct{}, shutdownTimeout time.Duration, logger *slog.Logger) {
 	timeout := time.After(shutdownTimeout)
 	for {
 		select {
