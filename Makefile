@@ -20,7 +20,7 @@ RACE_PKGS := ./ring/... ./distributor/... ./ingester/... ./querier/... ./agent/.
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 
-.PHONY: all build run test test-short bench lint proto deps kube-assets clean
+.PHONY: all build run test test-short bench lint proto manifests deps kube-assets clean
 
 all: build
 
@@ -76,6 +76,13 @@ lint:
 # protoc-gen-go-grpc plugins, all pinned in go.mod, so no protoc is needed.
 proto:
 	$(GO) run ./proto/internal/protogen -out=proto proto/census.proto
+
+# manifests renders deploy/kubernetes/census.yaml: the Helm chart
+# deploy/helm/census with its default values, through Helm's own Go packages
+# (deploy/internal/manifestgen), so no helm binary is needed. A test in
+# cmd/census fails while the file is not the rendered chart.
+manifests:
+	$(GO) run ./deploy/internal/manifestgen -chart=deploy/helm/census -out=deploy/kubernetes/census.yaml
 
 # deps downloads the Go modules and tools the build and tests need; Go itself
 # is the only thing to install.
