@@ -3,6 +3,7 @@ package ingester
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cespare/xxhash/v2"
 	"github.com/oklog/ulid/v2"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/tsdb"
@@ -410,7 +412,7 @@ func (d *Decommission) handOffBlock(ctx context.Context, split *splitter, journa
 	var errs []error
 	for _, id := range slices.Sorted(maps.Keys(plan)) {
 		ts := plan[id]
-		if journal.has(sb.id, id) {
+		if journal.has(sb.id, ts) {
 			continue
 		}
 		if err := d.sendPart(ctx, split, b, ts); err != nil {
@@ -419,7 +421,7 @@ func (d *Decommission) handOffBlock(ctx context.Context, split *splitter, journa
 			errs = append(errs, fmt.Errorf("block %s to %s (%s): %w", sb.id, id, ts.target.Addr, err))
 			continue
 		}
-		if err := journal.add(sb.id, id); err != nil {
+		if err := journal.add(sb.id, ts); err != nil {
 			return true, err
 		}
 	}
@@ -723,8 +725,11 @@ func RemoveData(path string) error {
 	return os.RemoveAll(dir)
 }
 
-// journal lists the (snapshot block, target) pairs acknowledged, one per
-// line, each appended and fsynced before the next part is sent.
+// journal lists the parts acknowledged, one per line, each appended and
+// fsynced before the next part is sent. A part is named by its snapshot
+// block, its target and the series in it: when the ring changes between two
+// attempts, a target that took its part of a block may own more of the
+// block's series than before, and must be sent its new part.
 type journal struct {
 	f    *os.File
 	done map[string]bool
@@ -753,10 +758,10 @@ func openJournal(path string) (*journal, error) {
 	return j, nil
 }
 
-func (j *journal) has(block, target string) bool { return j.done[block+" "+target] }
+func (j *journal) has(block string, ts *targetSeries) bool { return j.done[partKey(block, ts)] }
 
-func (j *journal) add(block, target string) error {
-	key := block + " " + target
+func (j *journal) add(block string, ts *targetSeries) error {
+	key := partKey(block, ts)
 	if _, err := j.f.WriteString(key + "\n"); err != nil {
 		return err
 	}
@@ -768,3 +773,14 @@ func (j *journal) add(block, target string) error {
 }
 
 func (j *journal) close() { j.f.Close() }
+
+// partKey names the part ts of block in the journal.
+func partKey(block string, ts *targetSeries) string {
+	h := xxhash.New()
+	var b [8]byte
+	for _, ref := range ts.refs {
+		binary.LittleEndian.PutUint64(b[:], uint64(ref))
+		_, _ = h.Write(b[:])
+	}
+	return fmt.Sprintf("%s %s %016x", block, ts.target.ID, h.Sum64())
+}

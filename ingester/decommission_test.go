@@ -185,6 +185,46 @@ func TestDecommission_RetriesWhenATargetIsLeaving(t *testing.T) {
 	require.Equal(t, uint64(10), p.Targets["target-0"].SeriesAcked)
 }
 
+// When the ring changes between two attempts at a block, a target that
+// took its part of the block may own more of its series than before: it is
+// sent its new part, though the journal lists its old one.
+func TestDecommission_SendsATargetItsNewPartWhenTheRingChanges(t *testing.T) {
+	c := startHandOffCluster(t, 2)
+	for n := range 10 {
+		push(t, c.leaver.client, series(pairs("__name__", "replan_test", "n", fmt.Sprint(n)), linear(1_000, 1_000, 50)...))
+	}
+	other, err := ingester.NewDecommission(c.targets[1].ing, ingester.HandOffConfig{
+		Self:       "target-1",
+		Owners:     func(_ labels.Labels, buf []ingester.Target) ([]ingester.Target, error) { return buf, nil },
+		Client:     c.pool.Get,
+		SetLeaving: func(context.Context) error { return nil },
+	}, nil)
+	require.NoError(t, err)
+	other.Start()
+	require.Eventually(t, func() bool { return other.Progress().State == "handing-off" }, 10*time.Second, 10*time.Millisecond)
+
+	// The first view of the ring (the one block's ten series) gives the odd
+	// series to target 0 and the even ones to target 1, which refuses; the
+	// next gives target 0 every series.
+	var asked atomic.Int32
+	owners := func(ls labels.Labels) []int {
+		var n int
+		_, _ = fmt.Sscan(ls.Get("n"), &n)
+		if asked.Add(1) <= 10 && n%2 == 0 {
+			return []int{1}
+		}
+		return []int{0}
+	}
+	c.owners.Store(&owners)
+	c.decommission(t)
+
+	got, _ := queryStream(t, c.targets[0].client, 0, 1<<62, labels.MustNewMatcher(labels.MatchEqual, "__name__", "replan_test"))
+	require.Len(t, got, 10, "target 0 has every series, the ones it took in the first attempt and the ones target 1 refused")
+	for _, s := range got {
+		require.Equal(t, linear(1_000, 1_000, 50), s.Samples, "samples of %s", s.Labels)
+	}
+}
+
 // GET reports the progress and POST starts the decommission, once.
 func TestDecommission_HTTP(t *testing.T) {
 	c := startHandOffCluster(t, 1)
