@@ -82,29 +82,8 @@ func TestCluster_AgentLosesNothingWhileEveryIngesterIsDown(t *testing.T) {
 	require.Greater(t, age, 30.0, "the agent holds the samples of the outage")
 
 	ingesters = startIngesters()
-	upAt := time.Now().UnixMilli()
-	// Everything served up to the restart is stored, oldest first.
-	require.Eventually(t, func() bool {
-		got := rawSamples(t, q, 5*time.Minute, upAt)
-		return len(got["0"]) > 0 && got["0"][len(got["0"])-1][0] == strconv.FormatInt(lastServedBefore(target, upAt), 10)
-	}, 60*time.Second, 500*time.Millisecond, "the backlog reaches the ingesters")
-
-	// Every scrape from the first to the restart, each exactly once.
-	got := rawSamples(t, q, 5*time.Minute, upAt)
-	var served []int64
-	for _, ts := range target.timestamps() {
-		if ts >= first && ts <= upAt {
-			served = append(served, ts)
-		}
-	}
-	require.Greater(t, len(served), int(outage/time.Second), "the target was scraped through the outage")
-	for i := range e2eSeries {
-		var want [][2]string
-		for _, ts := range served {
-			want = append(want, [2]string{strconv.FormatInt(ts, 10), strconv.FormatFloat(valueAt(i, ts), 'g', -1, 64)})
-		}
-		require.Equal(t, want, got[strconv.Itoa(i)], "series %d", i)
-	}
+	served := requireEveryScrape(t, q, target, first, time.Now().UnixMilli())
+	require.Greater(t, served, int(outage/time.Second), "the target was scraped through the outage")
 	dropped, err := ag.metric("census_agent_samples_dropped_total")
 	require.NoError(t, err)
 	require.Equal(t, 0.0, dropped)
@@ -112,6 +91,35 @@ func TestCluster_AgentLosesNothingWhileEveryIngesterIsDown(t *testing.T) {
 	for _, p := range append(ingesters, ag, q) {
 		require.NoError(t, p.stop(30*time.Second))
 	}
+}
+
+// requireEveryScrape waits until the newest scrape target served at or
+// before end is queryable, then checks that every scrape it served from
+// first to end is stored, each exactly once, and returns how many it
+// served.
+func requireEveryScrape(t *testing.T, q *process, target *servedTarget, first, end int64) int {
+	t.Helper()
+	window := time.Duration(end-first)*time.Millisecond + time.Minute
+	require.Eventually(t, func() bool {
+		got := rawSamples(t, q, window, end)
+		return len(got["0"]) > 0 && got["0"][len(got["0"])-1][0] == strconv.FormatInt(lastServedBefore(target, end), 10)
+	}, 60*time.Second, 500*time.Millisecond, "the agent's backlog reaches the ingesters")
+
+	got := rawSamples(t, q, window, end)
+	var served []int64
+	for _, ts := range target.timestamps() {
+		if ts >= first && ts <= end {
+			served = append(served, ts)
+		}
+	}
+	for i := range e2eSeries {
+		var want [][2]string
+		for _, ts := range served {
+			want = append(want, [2]string{strconv.FormatInt(ts, 10), strconv.FormatFloat(valueAt(i, ts), 'g', -1, 64)})
+		}
+		require.Equal(t, want, got[strconv.Itoa(i)], "series %d", i)
+	}
+	return len(served)
 }
 
 // lastServedBefore returns the newest timestamp the target served at or

@@ -43,12 +43,14 @@ const (
 // TestKubeScale_IngestersLoseNothing runs the ingester StatefulSet of the
 // plain manifests on a real API server with the real StatefulSet
 // controller, a fake kubelet running each pod as an ingester process, and
-// a distributor and a querier as processes of the test in the same gossip
-// ring. Under a steady remote-write load it scales the StatefulSet with
+// a distributor, a querier and an agent as processes of the test in the
+// same gossip ring. Under a steady remote-write load, and an agent scraping
+// a synthetic target every second, it scales the StatefulSet with
 // kubectl through 3, 5, 2, 6 and 3 replicas, waiting at each step for the
 // pods and the ring to match. No acknowledged sample may be lost, and no
 // answer of the querier, compared every second with what was
-// acknowledged, may differ from it.
+// acknowledged, may differ from it; every scrape the agent made must be
+// stored exactly once.
 func TestKubeScale_IngestersLoseNothing(t *testing.T) {
 	if testing.Short() {
 		t.Skip("multi-process test")
@@ -76,6 +78,12 @@ func TestKubeScale_IngestersLoseNothing(t *testing.T) {
 		p.waitReady(30 * time.Second)
 	}
 
+	// An agent scrapes a synthetic target every second as well, and
+	// pushes to the ingesters as it finds them in the ring.
+	target, targetURL := startServedTarget(t)
+	ag := startRole(t, "agent", roleConfig{id: "agent", join: dist, scrapeConfig: writeScrapeConfig(t, targetURL.Host)})
+	ag.waitReady(30 * time.Second)
+
 	load := startScaleLoad(t, dist, q)
 	load.waitAcked(t, 20)
 	for _, n := range []int{5, 2, 6, 3} {
@@ -93,6 +101,11 @@ func TestKubeScale_IngestersLoseNothing(t *testing.T) {
 	t.Logf("%d pushes acknowledged, %d failed; %d query checks", len(acked), pushErrs, checks)
 	require.Empty(t, load.compare(time.Now().UnixMilli(), acked, pushed), "the final answer of the querier")
 	require.Empty(t, mismatches, "answers of the querier that differed from what was acknowledged, of %d", checks)
+	scrapes := requireEveryScrape(t, q, target, target.timestamps()[0], time.Now().UnixMilli())
+	t.Logf("every one of the agent's %d scrapes is stored once", scrapes)
+	dropped, err := ag.metric("census_agent_samples_dropped_total")
+	require.NoError(t, err)
+	require.Zero(t, dropped, "samples the agent dropped")
 
 	// Every ingester of a deleted pod stopped by itself within its grace
 	// period: 5->2 and 6->3 delete three pods each.
