@@ -228,10 +228,10 @@ func (d *Decommission) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // first is killed by its shutdown timeout; the journal keeps what was done.
 func (d *Decommission) run() {
 	ctx := context.Background()
-	st, err := d.readState()
-	start := time.Now()
-	if err == nil && !st.Started.IsZero() {
-		start = st.Started
+	// A resumed decommission started when the volume says.
+	start := d.Progress().Started
+	if start.IsZero() {
+		start = time.Now()
 	}
 	d.setProgress(func(p *DecommissionProgress) { p.State, p.Started = stateHandingOff, start })
 	d.i.metrics.decommissionState.Set(1)
@@ -669,18 +669,15 @@ func (d *Decommission) writeState(st decommissionState) error {
 	if err != nil {
 		return err
 	}
-	tmp := filepath.Join(d.dir, stateFile+".tmp")
-	if err := writeFileSync(tmp, b); err != nil {
-		return d.i.noSpace(err)
-	}
-	if err := os.Rename(tmp, filepath.Join(d.dir, stateFile)); err != nil {
-		return err
-	}
-	return syncDir(d.dir)
+	return d.i.noSpace(replaceFile(d.dir, stateFile, b))
 }
 
-func writeFileSync(path string, b []byte) error {
-	f, err := os.Create(path)
+// replaceFile replaces the file name in dir with b durably: written and
+// fsynced beside it, renamed over it, and the directory fsynced, so that a
+// crash leaves the old file or the new one, whole.
+func replaceFile(dir, name string, b []byte) error {
+	tmp := filepath.Join(dir, name+".tmp")
+	f, err := os.Create(tmp)
 	if err != nil {
 		return err
 	}
@@ -688,7 +685,13 @@ func writeFileSync(path string, b []byte) error {
 		f.Close()
 		return err
 	}
-	return errors.Join(f.Sync(), f.Close())
+	if err := errors.Join(f.Sync(), f.Close()); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
+		return err
+	}
+	return syncDir(dir)
 }
 
 // RemoveData empties a storage path after a decommission: the TSDB, the

@@ -357,26 +357,7 @@ func writeMeta(dir string, meta *tsdb.BlockMeta) error {
 	if err != nil {
 		return err
 	}
-	tmp := filepath.Join(dir, "meta.json.tmp")
-	f, err := os.Create(tmp)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, filepath.Join(dir, "meta.json")); err != nil {
-		return err
-	}
-	return syncDir(dir)
+	return replaceFile(dir, "meta.json", b)
 }
 
 // readMeta reads the meta.json of the block in dir.

@@ -53,14 +53,33 @@ var startedLine = regexp.MustCompile(`msg="Census started" role=\S+ http=(\S+) g
 // addresses and makes sure it is killed when the test ends.
 func startProcess(t testing.TB, name string, args ...string) *process {
 	t.Helper()
+	p, err := launchProcess(t, name, nil, args)
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		p.kill()
+		if t.Failed() {
+			t.Logf("--- log of %s ---\n%s", p.name, p.log.String())
+		}
+	})
+	return p
+}
+
+// launchProcess runs `census <args>` with env added to the test's, and
+// waits until it logs its addresses. It returns an error where
+// startProcess fails the test, so that it may run on any goroutine, and
+// leaves killing the process to the caller, unless it failed to start.
+func launchProcess(t testing.TB, name string, env, args []string) (*process, error) {
 	p := &process{t: t, name: name, done: make(chan struct{}), log: &syncBuffer{}}
 	p.cmd = exec.Command(os.Args[0], args...)
-	p.cmd.Env = append(os.Environ(), childEnv+"=1")
-	stderr, err := p.cmd.StderrPipe()
-	require.NoError(t, err)
+	p.cmd.Env = append(append(os.Environ(), childEnv+"=1"), env...)
 	p.cmd.Stdout = p.log
-	require.NoError(t, p.cmd.Start())
-
+	stderr, err := p.cmd.StderrPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := p.cmd.Start(); err != nil {
+		return nil, err
+	}
 	started := make(chan []string, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)
@@ -78,22 +97,16 @@ func startProcess(t testing.TB, name string, args ...string) *process {
 		_ = p.cmd.Wait()
 		close(p.done)
 	}()
-	t.Cleanup(func() {
-		p.kill()
-		if t.Failed() {
-			t.Logf("--- log of %s ---\n%s", p.name, p.log.String())
-		}
-	})
-
 	select {
 	case m := <-started:
 		p.http, p.grpc, p.gossip = m[1], m[2], m[3]
+		return p, nil
 	case <-p.done:
-		t.Fatalf("%s exited before it started:\n%s", name, p.log.String())
+		return nil, fmt.Errorf("%s exited before it started (args %q):\n%s", name, args, p.log.String())
 	case <-time.After(60 * time.Second):
-		t.Fatalf("%s did not start within 60s:\n%s", name, p.log.String())
+		p.kill()
+		return nil, fmt.Errorf("%s did not start within 60s:\n%s", name, p.log.String())
 	}
-	return p
 }
 
 // kill sends SIGKILL and waits for the process to be gone.

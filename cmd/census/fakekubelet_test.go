@@ -1,13 +1,10 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -285,7 +282,7 @@ func (k *fakeKubelet) startContainer(pod *corev1.Pod) (*process, string, error) 
 		}
 		probe = rp.HTTPGet.Path
 	}
-	proc, err := startPodProcess(k.t, pod.Name, env, args)
+	proc, err := launchProcess(k.t, pod.Name, env, args)
 	if err != nil {
 		return nil, "", err
 	}
@@ -405,50 +402,6 @@ func (k *fakeKubelet) command(pod *corev1.Pod, c *corev1.Container) (env, args [
 		args = append(args, "--memberlist.join="+j)
 	}
 	return env, append(args, k.cfg.flags...), nil
-}
-
-// startPodProcess runs `census <args>` with env as startProcess does, but
-// returns an error where startProcess fails the test, because it runs on a
-// pod worker's goroutine, and leaves killing the process to the worker.
-func startPodProcess(t testing.TB, name string, env, args []string) (*process, error) {
-	p := &process{t: t, name: name, done: make(chan struct{}), log: &syncBuffer{}}
-	p.cmd = exec.Command(os.Args[0], args...)
-	p.cmd.Env = append(append(os.Environ(), childEnv+"=1"), env...)
-	p.cmd.Stdout = p.log
-	stderr, err := p.cmd.StderrPipe()
-	if err != nil {
-		return nil, err
-	}
-	if err := p.cmd.Start(); err != nil {
-		return nil, err
-	}
-	started := make(chan []string, 1)
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		sc.Buffer(make([]byte, 1<<20), 1<<20)
-		for sc.Scan() {
-			line := sc.Text()
-			p.log.WriteString(line + "\n")
-			if m := startedLine.FindStringSubmatch(line); m != nil {
-				started <- m
-			}
-		}
-		_, _ = io.Copy(io.Discard, stderr)
-	}()
-	go func() {
-		_ = p.cmd.Wait()
-		close(p.done)
-	}()
-	select {
-	case m := <-started:
-		p.http, p.grpc, p.gossip = m[1], m[2], m[3]
-		return p, nil
-	case <-p.done:
-		return nil, fmt.Errorf("%s exited before it started (args %q):\n%s", name, args, p.log.String())
-	case <-time.After(60 * time.Second):
-		p.kill()
-		return nil, fmt.Errorf("%s did not start within 60s:\n%s", name, p.log.String())
-	}
 }
 
 // patchStatus reports pod Running with proc's readiness, as the kubelet's

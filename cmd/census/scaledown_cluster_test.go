@@ -153,17 +153,23 @@ func requireComplete(t *testing.T, q *process, w *handOffWriter, until int64, wh
 	}
 }
 
+// handOffIngester is the configuration of ingester i of the scale tests, on
+// dir, joining the gossip through join.
+func handOffIngester(i int, dir string, join *process, flags ...string) roleConfig {
+	return roleConfig{id: fmt.Sprintf("ingester-%d", i), join: join, rf: 3, heartbeatTimeout: 5 * time.Second, storage: dir, flags: flags}
+}
+
 // startHandOffCluster runs n ingesters at replication factor 3, a distributor
 // and a querier.
 func startHandOffCluster(t *testing.T, n int, ingesterFlags ...string) (ingesters []*process, dirs []string, dist, q *process) {
 	t.Helper()
 	for i := range n {
 		dirs = append(dirs, filepath.Join(t.TempDir(), "data"))
-		cfg := roleConfig{id: fmt.Sprintf("ingester-%d", i), rf: 3, heartbeatTimeout: 5 * time.Second, storage: dirs[i], flags: ingesterFlags}
+		var join *process
 		if i > 0 {
-			cfg.join = ingesters[0]
+			join = ingesters[0]
 		}
-		ingesters = append(ingesters, startRole(t, "ingester", cfg))
+		ingesters = append(ingesters, startRole(t, "ingester", handOffIngester(i, dirs[i], join, ingesterFlags...)))
 	}
 	dist = startRole(t, "distributor", roleConfig{id: "distributor", join: ingesters[0], rf: 3})
 	q = startRole(t, "querier", roleConfig{id: "querier", join: ingesters[0], rf: 3})
@@ -188,15 +194,21 @@ func waitExit(t *testing.T, p *process, timeout time.Duration) {
 	}
 }
 
-// TestCluster_ScaleDownHandsOff takes 5 ingesters at RF 3 down to 2 at
-// once under writes: every series whose three replicas all leave is handed
-// off, queries during the hand-off answer exactly what was written, and
-// afterwards every acknowledged sample is there once.
+// TestCluster_ScaleDownHandsOff takes 5 ingesters at RF 3 down to 2, and 6
+// down to 3, at once under writes: every series whose three replicas all
+// leave is handed off, queries during the hand-off answer exactly what was
+// written, and afterwards every acknowledged sample is there once.
 func TestCluster_ScaleDownHandsOff(t *testing.T) {
 	if testing.Short() {
 		t.Skip("multi-process test")
 	}
-	ingesters, dirs, dist, q := startHandOffCluster(t, 5)
+	for _, tc := range []struct{ from, to int }{{5, 2}, {6, 3}} {
+		t.Run(fmt.Sprintf("%d to %d", tc.from, tc.to), func(t *testing.T) { testScaleDown(t, tc.from, tc.to) })
+	}
+}
+
+func testScaleDown(t *testing.T, from, to int) {
+	ingesters, dirs, dist, q := startHandOffCluster(t, from)
 	start := time.Now().Add(-time.Minute).Truncate(time.Second).UnixMilli()
 	w := startHandOffWriter(t, dist, start)
 	w.waitAcked(t, 10)
@@ -204,9 +216,9 @@ func TestCluster_ScaleDownHandsOff(t *testing.T) {
 	lastBefore := before[len(before)-1]
 	requireComplete(t, q, w, lastBefore, "before the scale-down")
 
-	// The three highest leave at once: the ring loses every replica of
-	// about a tenth of the series.
-	leavers := ingesters[2:]
+	// The highest leave at once: the ring loses every replica of some of
+	// the series.
+	leavers := ingesters[to:]
 	var wg sync.WaitGroup
 	for _, p := range leavers {
 		wg.Go(func() {
@@ -246,8 +258,8 @@ func TestCluster_ScaleDownHandsOff(t *testing.T) {
 				active++
 			}
 		}
-		return active == 2
-	}, 30*time.Second, 50*time.Millisecond, "two ingesters left ACTIVE")
+		return active == to
+	}, 30*time.Second, 50*time.Millisecond, "%d ingesters left ACTIVE", to)
 
 	n := len(w.ackedTimestamps())
 	w.waitAcked(t, n+10)
@@ -258,8 +270,9 @@ func TestCluster_ScaleDownHandsOff(t *testing.T) {
 		// The leavers' logs name what they sent.
 		require.Contains(t, p.log.String(), "Decommission handed every series off")
 	}
-	require.NoError(t, ingesters[0].stop(30*time.Second))
-	require.NoError(t, ingesters[1].stop(30*time.Second))
+	for _, p := range ingesters[:to] {
+		require.NoError(t, p.stop(30*time.Second))
+	}
 }
 
 // TestCluster_DecommissionResumes kills a leaver half-way through its
@@ -293,9 +306,9 @@ func TestCluster_DecommissionResumes(t *testing.T) {
 	leaver.kill()
 	target.kill()
 
-	ingesters[2] = startRole(t, "ingester", roleConfig{id: "ingester-2", join: ingesters[0], rf: 3, heartbeatTimeout: 5 * time.Second, storage: dirs[2]})
+	ingesters[2] = startRole(t, "ingester", handOffIngester(2, dirs[2], ingesters[0]))
 	ingesters[2].waitReady(30 * time.Second)
-	leaver = startRole(t, "ingester", roleConfig{id: "ingester-3", join: ingesters[0], rf: 3, heartbeatTimeout: 5 * time.Second, storage: dirs[3]})
+	leaver = startRole(t, "ingester", handOffIngester(3, dirs[3], ingesters[0]))
 	waitExit(t, leaver, 60*time.Second)
 	require.Contains(t, leaver.log.String(), "resuming it")
 	// ingester-0 took its part before the kill and is not sent it again.
@@ -334,7 +347,7 @@ func TestCluster_RollingRestartUnderLoad(t *testing.T) {
 	for i := range ingesters {
 		require.NoError(t, ingesters[i].stop(60*time.Second))
 		require.NotContains(t, ingesters[i].log.String(), "Decommissioning", "a restart hands nothing off")
-		ingesters[i] = startRole(t, "ingester", roleConfig{id: fmt.Sprintf("ingester-%d", i), join: ingesters[(i+1)%3], rf: 3, heartbeatTimeout: 5 * time.Second, storage: dirs[i]})
+		ingesters[i] = startRole(t, "ingester", handOffIngester(i, dirs[i], ingesters[(i+1)%3]))
 		ingesters[i].waitReady(30 * time.Second)
 		n := len(w.ackedTimestamps())
 		w.waitAcked(t, n+5)
