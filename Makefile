@@ -59,12 +59,13 @@ test-short:
 	$(GO) test -short -count=1 $(PKGS)
 
 bench:
-	$(GO) test -run='^$$' -bench=. -skip='^BenchmarkSoak|^BenchmarkOverload' -benchmem -benchtime=2s $(PKGS)
+	$(GO) test -run='^$$' -bench=. -skip='^BenchmarkSoak|^BenchmarkOverload|^BenchmarkHandOff' -benchmem -benchtime=2s $(PKGS)
 	@# Then the soak, once: a 5-process cluster under remote write and queries
 	@# while ingesters are hung, killed and restarted (CENSUS_SOAK_DURATION,
 	@# default 3m; CENSUS_SOAK_SEED picks the fault schedule).
 	$(GO) test -run='^$$' -bench='^BenchmarkSoak' -benchtime=1x -timeout=30m -v ./cmd/census/
 	$(GO) test -run='^$$' -bench='^BenchmarkOverload' -benchtime=1x -timeout=10m -v ./cmd/census/
+	$(GO) test -run='^$$' -bench='^BenchmarkHandOff' -benchtime=1x -timeout=20m -v ./cmd/census/
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
