@@ -115,6 +115,10 @@ type Limits struct {
 	// MaxConcurrentAppends is the most pushes appending at once; 0 means
 	// twice GOMAXPROCS, -1 no limit.
 	MaxConcurrentAppends int
+	// MaxConcurrentAppendsDuringQueries is the most pushes appending at
+	// once while queries read; 0 means half of GOMAXPROCS (at least 1), -1
+	// no limit but MaxConcurrentAppends.
+	MaxConcurrentAppendsDuringQueries int
 }
 
 // RegisterFlags registers the limits' flags, with their defaults, in fs.
@@ -124,6 +128,7 @@ func (l *Limits) RegisterFlags(fs *flag.FlagSet) {
 	l.MaxRequestBytes = censuspb.MaxMessageSize
 	fs.IntVar(&l.MaxInflightPushes, "ingester.max-inflight-push-requests", 512, "Most pushes this ingester works on at once; more fail at once with Unavailable (the other replicas take them, or the sender retries later), so a flood of pushes cannot exhaust its memory or starve its queries. 0 means no limit.")
 	fs.IntVar(&l.MaxConcurrentAppends, "ingester.max-concurrent-appends", 0, "Most pushes appending to the TSDB at once, the CPU-bound part of a push; more wait (up to 1s, then fail with Unavailable), so that a flood of pushes leaves CPU to queries. The WAL fsync after it is not limited. 0 means twice the number of CPUs Go uses (GOMAXPROCS); -1 means no limit.")
+	fs.IntVar(&l.MaxConcurrentAppendsDuringQueries, "ingester.max-concurrent-appends-during-queries", 0, "Most pushes appending to the TSDB at once while queries are reading it, so that a flood of pushes leaves the other cores to the queries instead of sharing every core with them. A push that does not get a slot within 1s fails with Unavailable. 0 means half the number of CPUs Go uses (GOMAXPROCS), at least 1; -1 means only --ingester.max-concurrent-appends applies.")
 	l.MaxInflightPushBytes = 512 << 20
 	fs.Var(&l.MaxInflightPushBytes, "ingester.max-inflight-push-bytes", "Most request bytes of the pushes this ingester works on at once, e.g. 512MB; more fail at once with Unavailable. 0 means no limit.")
 	fs.Var(&l.MaxRequestBytes, "ingester.max-request-bytes", "Largest push request this ingester accepts, e.g. 16MB; larger ones fail with ResourceExhausted. At most 64MB, the largest message Census clients send.")
@@ -145,6 +150,9 @@ func (l *Limits) Validate() error {
 	}
 	if l.MaxConcurrentAppends < -1 {
 		return fmt.Errorf("--ingester.max-concurrent-appends must be -1 (no limit) or more, got %d", l.MaxConcurrentAppends)
+	}
+	if l.MaxConcurrentAppendsDuringQueries < -1 {
+		return fmt.Errorf("--ingester.max-concurrent-appends-during-queries must be -1 (no limit) or more, got %d", l.MaxConcurrentAppendsDuringQueries)
 	}
 	if l.MaxInflightPushBytes < 0 {
 		return fmt.Errorf("--ingester.max-inflight-push-bytes must not be negative, got %s", l.MaxInflightPushBytes)

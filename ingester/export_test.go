@@ -51,3 +51,16 @@ func (i *Ingester) OccupyPushSlots(n int64) { i.inflightPushes.Add(n) }
 
 // OccupyPushBytes counts n more request bytes in flight (negative: fewer).
 func (i *Ingester) OccupyPushBytes(n int64) { i.inflightPushBytes.Add(n) }
+
+// OccupyQueryAppendSlots takes n of the append slots that pushes need
+// while queries read, and returns what gives them back.
+func (i *Ingester) OccupyQueryAppendSlots(n int) (free func()) {
+	for range n {
+		i.queryAppendSlots <- struct{}{}
+	}
+	return func() {
+		for range n {
+			<-i.queryAppendSlots
+		}
+	}
+}

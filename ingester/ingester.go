@@ -81,6 +81,13 @@ type Ingester struct {
 	// appendSlots holds a token per push appending (appendPush); nil: no
 	// limit.
 	appendSlots chan struct{}
+	// queryAppendSlots holds a second token per push appending while
+	// queries read (queries > 0), so that pushes leave cores to them; nil:
+	// no such limit.
+	queryAppendSlots chan struct{}
+	// queries counts the reads of the TSDB in flight (queryStream and the
+	// label and series requests).
+	queries atomic.Int64
 	// readOnly is set while db is a read-only mirror of the storage path
 	// (mirrorStorage), opened because the volume was full at start.
 	readOnly atomic.Bool
@@ -141,8 +148,14 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Ingester,
 	case n > 0:
 		i.appendSlots = make(chan struct{}, n)
 	}
+	switch n := cfg.Limits.MaxConcurrentAppendsDuringQueries; {
+	case n == 0:
+		i.queryAppendSlots = make(chan struct{}, max(1, runtime.GOMAXPROCS(0)/2))
+	case n > 0:
+		i.queryAppendSlots = make(chan struct{}, n)
+	}
 	i.walSegments.Store(-1)
-	i.metrics = newMetrics(reg, i.openDB.Load)
+	i.metrics = newMetrics(reg, i.openDB.Load, &i.queries)
 	i.metrics.seriesLimit.Set(float64(cfg.Limits.MaxSeries))
 	i.metrics.seriesPerMetric.Set(float64(cfg.Limits.MaxSeriesPerMetric))
 	return i, nil

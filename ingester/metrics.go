@@ -1,6 +1,8 @@
 package ingester
 
 import (
+	"sync/atomic"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 	"github.com/prometheus/prometheus/tsdb"
@@ -38,9 +40,14 @@ type metrics struct {
 }
 
 // newMetrics registers the ingester's metrics on reg. db returns the open
-// TSDB, or nil before it opens and after it closes.
-func newMetrics(reg prometheus.Registerer, db func() *tsdb.DB) *metrics {
+// TSDB, or nil before it opens and after it closes; queries counts the
+// reads in flight.
+func newMetrics(reg prometheus.Registerer, db func() *tsdb.DB, queries *atomic.Int64) *metrics {
 	f := promauto.With(reg)
+	f.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "census_ingester_queries_in_flight",
+		Help: "Reads of the TSDB in flight (query streams, label and series requests); while any is, pushes append on at most --ingester.max-concurrent-appends-during-queries.",
+	}, func() float64 { return float64(queries.Load()) })
 	f.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "census_ingester_head_series",
 		Help: "Series in the TSDB head, the in-memory part of the store.",
@@ -114,7 +121,7 @@ func newMetrics(reg prometheus.Registerer, db func() *tsdb.DB) *metrics {
 		}, []string{"code"}),
 		throttledPushes: f.NewCounter(prometheus.CounterOpts{
 			Name: "census_ingester_throttled_pushes_total",
-			Help: "Pushes refused with Unavailable because the ingester already worked on --ingester.max-inflight-push-requests of them, or --ingester.max-inflight-push-bytes.",
+			Help: "Pushes refused with Unavailable because the ingester already worked on --ingester.max-inflight-push-requests of them, or --ingester.max-inflight-push-bytes, or found no append slot within 1s (--ingester.max-concurrent-appends, --ingester.max-concurrent-appends-during-queries).",
 		}),
 		streamSeriesSent: f.NewCounter(prometheus.CounterOpts{
 			Name: "census_ingester_query_stream_series_sent_total",

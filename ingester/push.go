@@ -177,11 +177,21 @@ const appendWait = time.Second
 // pushes still share fsyncs. A push that gets no slot within appendWait is
 // refused with Unavailable.
 func (i *Ingester) appendPush(ctx context.Context, st *pushState, each func(st *pushState) error) error {
+	wait := time.Now().Add(appendWait)
 	if i.appendSlots != nil {
-		if err := i.waitAppendSlot(ctx); err != nil {
+		if err := i.waitAppendSlot(ctx, i.appendSlots, wait, "--ingester.max-concurrent-appends"); err != nil {
 			return err
 		}
 		defer func() { <-i.appendSlots }()
+	}
+	// While queries read, fewer pushes append at once, so that the queries
+	// keep the other cores. A push that began before them finishes as it
+	// is: an append holds its slot for milliseconds.
+	if i.queryAppendSlots != nil && i.queries.Load() > 0 {
+		if err := i.waitAppendSlot(ctx, i.queryAppendSlots, wait, "--ingester.max-concurrent-appends-during-queries"); err != nil {
+			return err
+		}
+		defer func() { <-i.queryAppendSlots }()
 	}
 	if err := each(st); err != nil {
 		if rbErr := st.app.Rollback(); rbErr != nil {
@@ -201,22 +211,23 @@ func (i *Ingester) appendPush(ctx context.Context, st *pushState, each func(st *
 	return nil
 }
 
-// waitAppendSlot takes an append slot, waiting up to appendWait. A free
-// slot costs no timer: most pushes find one.
-func (i *Ingester) waitAppendSlot(ctx context.Context) error {
+// waitAppendSlot takes a slot of slots, waiting until deadline at most. A
+// free slot costs no timer: most pushes find one. flag names the limit in
+// the error.
+func (i *Ingester) waitAppendSlot(ctx context.Context, slots chan struct{}, deadline time.Time, flag string) error {
 	select {
-	case i.appendSlots <- struct{}{}:
+	case slots <- struct{}{}:
 		return nil
 	default:
 	}
-	wait := time.NewTimer(appendWait)
+	wait := time.NewTimer(time.Until(deadline))
 	defer wait.Stop()
 	select {
-	case i.appendSlots <- struct{}{}:
+	case slots <- struct{}{}:
 		return nil
 	case <-wait.C:
 		i.metrics.throttledPushes.Inc()
-		return fmt.Errorf("%w: no append slot within %s; the ingester appends at most %d pushes at once (--ingester.max-concurrent-appends)", errTooManyPushes, appendWait, cap(i.appendSlots))
+		return fmt.Errorf("%w: no append slot within %s; the ingester appends at most %d pushes at once (%s)", errTooManyPushes, appendWait, cap(slots), flag)
 	case <-ctx.Done():
 		return ctx.Err()
 	}

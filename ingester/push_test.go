@@ -378,7 +378,7 @@ func TestIngester_InflightPushLimit(t *testing.T) {
 	require.Equal(t, codes.Unavailable, status.Code(err), "error: %v", err)
 	require.Contains(t, status.Convert(err).Message(), "at most 2 pushes at once (--ingester.max-inflight-push-requests)")
 	require.NoError(t, testutil.GatherAndCompare(ti.reg, strings.NewReader(`
-# HELP census_ingester_throttled_pushes_total Pushes refused with Unavailable because the ingester already worked on --ingester.max-inflight-push-requests of them, or --ingester.max-inflight-push-bytes.
+# HELP census_ingester_throttled_pushes_total Pushes refused with Unavailable because the ingester already worked on --ingester.max-inflight-push-requests of them, or --ingester.max-inflight-push-bytes, or found no append slot within 1s (--ingester.max-concurrent-appends, --ingester.max-concurrent-appends-during-queries).
 # TYPE census_ingester_throttled_pushes_total counter
 census_ingester_throttled_pushes_total 1
 `), "census_ingester_throttled_pushes_total"))
@@ -388,6 +388,54 @@ census_ingester_throttled_pushes_total 1
 	ti.ing.OccupyPushSlots(-2)
 	push(t, ti.client, series(pairs("__name__", "up"), sample{T: 1000, V: 1}))
 	require.Len(t, storedSamples(t, ti, "up", 10_000), 1)
+}
+
+// TestIngester_FewerAppendsWhileQueriesRead: while a query stream is open,
+// a push needs one of --ingester.max-concurrent-appends-during-queries
+// slots as well, and fails with Unavailable naming the flag when it gets
+// none within a second; without a query it needs none.
+func TestIngester_FewerAppendsWhileQueriesRead(t *testing.T) {
+	cfg := testConfig(t.TempDir())
+	cfg.Limits.MaxConcurrentAppendsDuringQueries = 1
+	ti := startIngesterWith(t, cfg)
+	// Enough series that the stream fills gRPC's flow-control window and
+	// its server waits, mid-query, for the client to read.
+	var batch []*censuspb.TimeSeries
+	for n := range 5000 {
+		batch = append(batch, series(pairs("__name__", "wide", "n", fmt.Sprint(n), "pad", strings.Repeat("x", 100)), sample{T: 1000, V: 1}))
+	}
+	push(t, ti.client, batch...)
+
+	free := ti.ing.OccupyQueryAppendSlots(1)
+	up := func(ts int64) *censuspb.PushRequest {
+		return &censuspb.PushRequest{Series: []*censuspb.TimeSeries{series(pairs("__name__", "up"), sample{T: ts, V: 1})}}
+	}
+	_, err := ti.client.Push(context.Background(), up(1000))
+	require.NoError(t, err, "no query reads: the slots during queries do not apply")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	stream, err := ti.client.QueryStream(ctx, &censuspb.QueryStreamRequest{EndMs: 10_000, Matchers: []*censuspb.LabelMatcher{{Name: "__name__", Value: "wide"}}})
+	require.NoError(t, err)
+	_, err = stream.Recv()
+	require.NoError(t, err)
+	inFlight := func() float64 { return gaugeValue(t, ti.reg, "census_ingester_queries_in_flight") }
+	require.Equal(t, 1.0, inFlight(), "the stream is open and not read")
+
+	began := time.Now()
+	_, err = ti.client.Push(context.Background(), up(2000))
+	require.Equal(t, codes.Unavailable, status.Code(err), "error: %v", err)
+	require.Contains(t, status.Convert(err).Message(), "at most 1 pushes at once (--ingester.max-concurrent-appends-during-queries)")
+	require.GreaterOrEqual(t, time.Since(began), time.Second, "the push waited for a slot first")
+
+	free()
+	_, err = ti.client.Push(context.Background(), up(3000))
+	require.NoError(t, err, "a free slot takes the push while the query reads")
+
+	cancel()
+	require.Eventually(t, func() bool { return inFlight() == 0 }, 10*time.Second, 10*time.Millisecond, "the cancelled stream ends")
+	got := storedSamples(t, ti, "up", 10_000)
+	require.Len(t, got, 1)
+	require.Equal(t, []sample{{T: 1000, V: 1}, {T: 3000, V: 1}}, got[0].Samples, "the refused push stored nothing")
 }
 
 // TestIngester_InflightPushBytesLimit: a push that would take the request

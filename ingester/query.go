@@ -43,6 +43,7 @@ func (i *Ingester) queryStream(ctx context.Context, req *censuspb.QueryStreamReq
 		return err
 	}
 	defer i.release()
+	defer i.reading()()
 
 	q, err := db.ChunkQuerier(req.GetStartMs(), req.GetEndMs())
 	if err != nil {
@@ -270,13 +271,22 @@ func (i *Ingester) querier(mint, maxt int64) (storage.Querier, func(err *error),
 		i.release()
 		return nil, nil, fmt.Errorf("open querier: %w", err)
 	}
+	done := i.reading()
 	release := func(err *error) {
 		if cerr := q.Close(); cerr != nil && *err == nil {
 			*err = fmt.Errorf("close querier: %w", cerr)
 		}
+		done()
 		i.release()
 	}
 	return q, release, nil
+}
+
+// reading counts a read of the TSDB in flight until the returned function
+// is called: while any is, pushes append on fewer cores (appendPush).
+func (i *Ingester) reading() (done func()) {
+	i.queries.Add(1)
+	return func() { i.queries.Add(-1) }
 }
 
 // labelArgs converts the matchers and limit shared by the label and series
