@@ -80,7 +80,9 @@ func BenchmarkHandOff_Decommission(b *testing.B) {
 	procs := append([]*process{q, dist}, ingesters...)
 	quietStats := startOverloadStats(procs)
 	ctx, cancel := context.WithTimeout(context.Background(), handOffBenchQuiet)
-	quiet := runHandOffBenchQueries(ctx, q, at)
+	// A query over every series takes longer than the quiet phase here:
+	// each query runs at least once, so each has a quiet latency.
+	quiet := runHandOffBenchQueries(ctx, q, at, len(handOffBenchQueries))
 	cancel()
 	quietStats.end(procs)
 
@@ -89,7 +91,7 @@ func BenchmarkHandOff_Decommission(b *testing.B) {
 	busyStats := startOverloadStats(procs)
 	ctx, cancel = context.WithCancel(context.Background())
 	duringc := make(chan *overloadQueryLog, 1)
-	go func() { duringc <- runHandOffBenchQueries(ctx, q, at) }()
+	go func() { duringc <- runHandOffBenchQueries(ctx, q, at, 0) }()
 	began := time.Now()
 	if _, err := leaver.call(http.MethodPost, "/ingester/decommission", nil); err != nil {
 		b.Fatal(err)
@@ -332,11 +334,11 @@ func requireHandOffBenchAnswers(b *testing.B, q *process, ts int64, where string
 }
 
 // runHandOffBenchQueries runs handOffBenchQueries in turn at ts, each once
-// the one before has answered, until ctx ends; the query in flight then
-// finishes.
-func runHandOffBenchQueries(ctx context.Context, q *process, ts int64) *overloadQueryLog {
+// the one before has answered, until ctx ends and at least atLeast
+// queries ran; the query in flight then finishes.
+func runHandOffBenchQueries(ctx context.Context, q *process, ts int64, atLeast int) *overloadQueryLog {
 	l := &overloadQueryLog{}
-	for n := 0; ctx.Err() == nil; n++ {
+	for n := 0; ctx.Err() == nil || n < atLeast; n++ {
 		i := n % len(handOffBenchQueries)
 		qq := handOffBenchQueries[i]
 		began := time.Now()
